@@ -1,0 +1,125 @@
+"""The one module through which megatron-ds talks to other ranks.
+
+Everything goes through ``deepspeed.comm`` so DeepSpeed's communication logger (``comms_logger`` in the
+DeepSpeed JSON) sees tensor- and pipeline-parallel traffic next to ZeRO's. ``deepspeed.comm`` wraps
+``torch.distributed``; when a program set up ``torch.distributed`` itself (torchrun without
+``deepspeed.init_distributed``), :func:`init_distributed` attaches DeepSpeed to that process group.
+"""
+
+import datetime
+import os
+
+import deepspeed
+import deepspeed.comm as ds_comm
+import torch
+import torch.distributed
+
+ReduceOp = torch.distributed.ReduceOp
+P2POp = torch.distributed.P2POp
+
+
+def default_backend():
+    """The accelerator's backend: ``nccl`` on CUDA GPUs, ``gloo`` on CPU (``ccl`` if oneCCL is installed)."""
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().communication_backend_name()
+
+
+def init_distributed(backend=None, timeout_minutes=30):
+    """Join (or create) the default process group and hand it to ``deepspeed.comm``.
+
+    Works under the ``deepspeed`` launcher, ``torchrun`` (env://) and ``mpirun`` (DeepSpeed's MPI discovery
+    fills RANK/WORLD_SIZE from mpi4py when they are missing). Single-process runs get a world of one.
+    """
+    if not torch.distributed.is_initialized():
+        for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"),
+                           ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")):
+            if key not in os.environ and _single_process_launch():
+                os.environ[key] = value
+    deepspeed.init_distributed(dist_backend=backend or default_backend(),
+                               timeout=datetime.timedelta(minutes=timeout_minutes))
+
+
+def _single_process_launch():
+    """True when no launcher (deepspeed, torchrun, mpirun, SLURM) set up a world for us."""
+    launcher_keys = ("RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS")
+    return not any(key in os.environ for key in launcher_keys)
+
+
+def is_initialized():
+    return torch.distributed.is_initialized()
+
+
+def get_rank(group=None):
+    return ds_comm.get_rank(group=group)
+
+
+def get_world_size(group=None):
+    return ds_comm.get_world_size(group=group)
+
+
+def get_global_rank(group, group_rank):
+    return torch.distributed.get_global_rank(group, group_rank)
+
+
+def new_group(ranks):
+    return ds_comm.new_group(list(ranks))
+
+
+def destroy_group(group):
+    torch.distributed.destroy_process_group(group)
+
+
+def barrier(group=None):
+    ds_comm.barrier(group=group)
+
+
+def all_reduce(tensor, op=ReduceOp.SUM, group=None, async_op=False):
+    return ds_comm.all_reduce(tensor, op=op, group=group, async_op=async_op)
+
+
+def all_gather_into_tensor(output, input_, group=None, async_op=False):
+    """Gathers ``input_`` from every rank of ``group`` into ``output`` stacked along dim 0."""
+    return ds_comm.all_gather_into_tensor(output, input_, group=group, async_op=async_op)
+
+
+def reduce_scatter_tensor(output, input_, group=None, op=ReduceOp.SUM, async_op=False):
+    """Sums ``input_`` over ``group`` and leaves this rank's dim-0 chunk in ``output``."""
+    return ds_comm.reduce_scatter_tensor(output, input_, op=op, group=group, async_op=async_op)
+
+
+def all_to_all_single(output, input_, output_split_sizes=None, input_split_sizes=None, group=None):
+    return ds_comm.all_to_all_single(output, input_, output_split_sizes=output_split_sizes,
+                                     input_split_sizes=input_split_sizes, group=group)
+
+
+def broadcast(tensor, src, group=None):
+    """``src`` is a global rank, as in torch.distributed."""
+    return ds_comm.broadcast(tensor, src, group=group)
+
+
+def broadcast_object(obj, src, group=None):
+    holder = [obj]
+    torch.distributed.broadcast_object_list(holder, src=src, group=group)
+    return holder[0]
+
+
+def all_gather_object(obj, group=None):
+    gathered = [None] * get_world_size(group)
+    torch.distributed.all_gather_object(gathered, obj, group=group)
+    return gathered
+
+
+def batch_isend_irecv(p2p_ops):
+    """Starts a batch of ``P2POp`` sends/receives and returns their requests (wait on each)."""
+    if not p2p_ops:
+        return []
+    return ds_comm.batch_isend_irecv(p2p_ops)
+
+
+def isend(tensor, dst, group=None):
+    return ds_comm.isend(tensor, dst, group=group)
+
+
+def irecv(tensor, src, group=None):
+    return ds_comm.irecv(tensor, src, group=group)
