@@ -123,3 +123,9 @@ def isend(tensor, dst, group=None):
 
 def irecv(tensor, src, group=None):
     return ds_comm.irecv(tensor, src, group=group)
+
+
+def destroy_world():
+    """Leave the default process group; without it a rank can abort at interpreter exit."""
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

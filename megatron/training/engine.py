@@ -1,0 +1,75 @@
+"""Building the DeepSpeed engine around a tensor-parallel model.
+
+The model is constructed under ``deepspeed.zero.Init`` for ZeRO-3 (each rank only ever holds its partition),
+activation checkpointing is configured with our mpu so recomputation replays per-TP-rank RNG states, and the
+optimizer/scheduler are Megatron's unless the DeepSpeed JSON defines its own.
+"""
+
+import contextlib
+from typing import Callable
+
+import deepspeed
+import torch
+
+from megatron.config import RunConfig
+from megatron.core import parallel_state as ps
+from megatron.training.lr_schedule import WarmupDecayLR
+from megatron.training.optimizer import build_optimizer
+
+
+def warmup_iterations(config: RunConfig) -> int:
+    training = config.training
+    if training.lr_warmup_fraction is not None:
+        return int(training.lr_warmup_fraction * (training.lr_decay_iters or training.train_iters))
+    return training.lr_warmup_iters
+
+
+def _lr_schedule_factory(config: RunConfig):
+    training = config.training
+
+    def make(optimizer):
+        return WarmupDecayLR(optimizer, max_lr=training.lr, min_lr=training.min_lr,
+                             warmup_steps=warmup_iterations(config),
+                             decay_steps=training.lr_decay_iters or training.train_iters,
+                             decay_style=training.lr_decay_style)
+    return make
+
+
+def configure_activation_checkpointing(config: RunConfig):
+    recompute = config.recompute
+    if recompute.recompute_granularity is None:
+        return
+    deepspeed.checkpointing.configure(
+        ps.get_deepspeed_mpu(), partition_activations=recompute.partition_activations,
+        contiguous_checkpointing=recompute.contiguous_checkpointing,
+        num_checkpoints=config.model.num_layers, checkpoint_in_cpu=recompute.checkpoint_in_cpu,
+        synchronize=recompute.synchronize_each_layer, profile=recompute.profile_backward)
+
+
+def model_construction_context(config: RunConfig, ds_config: dict):
+    """ZeRO-3 partitions each parameter as soon as its module is built, so no rank ever holds the full model."""
+    if config.zero.stage != 3:
+        return contextlib.nullcontext()
+    return deepspeed.zero.Init(data_parallel_group=ps.get_data_parallel_group(), mpu=ps.get_deepspeed_mpu(),
+                               config_dict_or_path=ds_config,
+                               remote_device="cpu" if config.zero.offload_param == "cpu" else None)
+
+
+def build_engine(config: RunConfig, model_provider: Callable[[], torch.nn.Module]):
+    """Returns the DeepSpeed engine; its ``lr_scheduler`` is Megatron's schedule unless the JSON has one."""
+    ds_config = config.deepspeed_dict()
+    configure_activation_checkpointing(config)
+    with model_construction_context(config, ds_config):
+        model = model_provider()
+
+    optimizer = None
+    if not config.deepspeed_builds_optimizer:
+        training = config.training
+        optimizer = build_optimizer(model, lr=training.lr, weight_decay=training.weight_decay,
+                                    betas=(training.adam_beta1, training.adam_beta2), eps=training.adam_eps,
+                                    cpu_offload=config.zero.offload_optimizer == "cpu")
+    # A callable: DeepSpeed applies it to the optimizer it ends up with (ours or the JSON's).
+    lr_scheduler = None if config.deepspeed_builds_scheduler else _lr_schedule_factory(config)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                                           config=ds_config, mpu=ps.get_deepspeed_mpu())
+    return engine

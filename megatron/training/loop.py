@@ -1,0 +1,121 @@
+"""The training loop: gradient accumulation to the global batch, evaluation, logging and exit conditions.
+
+One iteration is one optimizer step over the global batch: ``gradient_accumulation_steps`` micro-batches on
+each data-parallel rank. DeepSpeed scales each micro-batch loss by 1/GAS, averages gradients over the
+data-parallel group at the accumulation boundary, clips and steps; the loop only feeds micro-batches and
+reports.
+"""
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, List, Optional
+
+import torch
+
+from megatron.core import comm
+from megatron.core import parallel_state as ps
+from megatron.core.grad_norm import global_grad_norm
+from megatron.training.progress_log import ProgressLog
+
+
+def batch_loss(engine, batch: dict) -> torch.Tensor:
+    """Mean per-token loss of one micro-batch over the tokens its loss mask keeps."""
+    per_token = engine(batch["tokens"], position_ids=batch.get("position_ids"),
+                       attention_mask=batch.get("attention_mask"), labels=batch["labels"])
+    loss_mask = batch["loss_mask"].to(per_token.dtype)
+    kept = loss_mask.sum()
+    if kept.item() == 0:
+        raise ValueError("a micro-batch has an all-zero loss mask (every token is masked, e.g. by --eod-mask-loss "
+                         "on documents shorter than 2 tokens); check the data or drop --eod-mask-loss")
+    return (per_token.float() * loss_mask).sum() / kept
+
+
+def _data_parallel_mean(value: float) -> float:
+    tensor = torch.tensor([value], dtype=torch.float64)
+    comm.all_reduce(tensor, group=ps.get_data_parallel_group())
+    return tensor.item() / ps.get_data_parallel_world_size()
+
+
+@dataclass
+class TrainState:
+    """Where training stands; stored in checkpoints as client state."""
+    iteration: int = 0
+    consumed_train_samples: int = 0
+    losses: List[float] = field(default_factory=list)
+
+
+def train_step(engine, micro_batches: Iterator[dict], gradient_accumulation_steps: int):
+    """Runs one global batch; returns (mean loss over DP and micro-batches, grad norm, skipped)."""
+    total, grad_norm = 0.0, None
+    zero_stage = engine.zero_optimization_stage()
+    skipped_before = engine.skipped_steps
+    for _ in range(gradient_accumulation_steps):
+        loss = batch_loss(engine, next(micro_batches))
+        engine.backward(loss)
+        if engine.is_gradient_accumulation_boundary() and zero_stage == 0 and not _mixed_precision(engine):
+            # DeepSpeed clips an fp32 ZeRO-0 model without reporting the norm; measure the reduced grads.
+            grad_norm = global_grad_norm(engine.module.parameters())
+        engine.step()
+        total += loss.item()
+    if grad_norm is None:
+        reported = engine.get_global_grad_norm()
+        grad_norm = float(reported) if reported is not None else None
+    return _data_parallel_mean(total / gradient_accumulation_steps), grad_norm, engine.skipped_steps > skipped_before
+
+
+def _mixed_precision(engine) -> bool:
+    return engine.fp16_enabled() or engine.bfloat16_enabled()
+
+
+@torch.no_grad()
+def evaluate(engine, micro_batches: Iterator[dict], num_micro_batches: int) -> float:
+    engine.eval()
+    total = 0.0
+    for _ in range(num_micro_batches):
+        total += batch_loss(engine, next(micro_batches)).item()
+    engine.train()
+    return _data_parallel_mean(total / num_micro_batches)
+
+
+def _check_finite(loss: float, iteration: int):
+    if not math.isfinite(loss):
+        raise FloatingPointError(
+            f"loss is {loss} at iteration {iteration}: training diverged. Lower --lr, raise the warmup, enable "
+            f"gradient clipping (--clip-grad / gradient_clipping), or use bf16 instead of fp16; resume from the "
+            f"last good checkpoint with --load")
+
+
+def train(engine, *, state: TrainState, train_iters: int, gradient_accumulation_steps: int,
+          global_batch_size: int, train_batches: Iterator[dict], progress: ProgressLog,
+          eval_interval: Optional[int] = None, eval_iters: int = 0,
+          valid_batches: Optional[Callable[[], Iterator[dict]]] = None,
+          exit_interval: Optional[int] = None, exit_duration_in_mins: Optional[float] = None,
+          on_iteration_end: Optional[Callable[[TrainState], bool]] = None) -> TrainState:
+    """Trains until ``train_iters`` (or an exit condition); ``on_iteration_end`` may request a stop (e.g.
+    after saving on SIGTERM) by returning True."""
+    start_time = time.monotonic()
+    while state.iteration < train_iters:
+        loss, grad_norm, skipped = train_step(engine, train_batches, gradient_accumulation_steps)
+        state.iteration += 1
+        state.consumed_train_samples += global_batch_size
+        if not skipped:
+            _check_finite(loss, state.iteration)
+        state.losses.append(loss)
+        loss_scale = getattr(engine, "_get_optimizer_loss_scale", lambda: None)()
+        progress.record_step(state.iteration, loss, engine.get_lr()[0], grad_norm, loss_scale, skipped)
+
+        if eval_interval and valid_batches is not None and state.iteration % eval_interval == 0:
+            progress.record_eval(state.iteration, evaluate(engine, valid_batches(),
+                                                           eval_iters * gradient_accumulation_steps))
+        stop = on_iteration_end(state) if on_iteration_end is not None else False
+        if exit_interval and state.iteration % exit_interval == 0:
+            stop = True
+        if exit_duration_in_mins is not None:
+            # Ranks must agree, or one would leave the others waiting in a collective.
+            elapsed = torch.tensor([(time.monotonic() - start_time) / 60.0])
+            comm.all_reduce(elapsed, op=comm.ReduceOp.MAX)
+            stop = stop or elapsed.item() > exit_duration_in_mins
+        if stop:
+            break
+    return state

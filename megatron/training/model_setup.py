@@ -1,0 +1,22 @@
+"""The model a run trains, and what one iteration of it costs in FLOPs."""
+
+from megatron.config import RunConfig
+from megatron.model import GPTModel, model_flops_per_token
+
+
+def build_model(config: RunConfig):
+    """GPT or Llama (by the model flags) on this rank's tensor-parallel shards, fp32 master weights.
+
+    DeepSpeed casts to bf16/fp16 itself when the JSON enables them and keeps fp32 masters in the optimizer.
+    """
+    return GPTModel(config.model, sequence_parallel=config.parallel.sequence_parallel,
+                    recompute_granularity=config.recompute.recompute_granularity,
+                    partition_activations=config.recompute.partition_activations)
+
+
+def flops_per_iteration(config: RunConfig, global_batch_size: int) -> float:
+    """Model FLOPs of one optimizer step: forward + backward (3x forward), plus one more forward when every
+    layer is recomputed. Counted as useful work only: selective recompute is not charged."""
+    recompute_forward = 1 if config.recompute.recompute_granularity == "full" else 0
+    forward = model_flops_per_token(config.model) * config.model.seq_length * global_batch_size
+    return forward * (3 + recompute_forward)

@@ -1,0 +1,28 @@
+"""Megatron's optimizer parameter groups and the optimizer built when the DeepSpeed JSON has none."""
+
+from typing import Dict, List
+
+import torch
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> List[Dict]:
+    """Two groups: weight matrices decay, biases and norm weights (all 1-D parameters) do not."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.dim() == 1 or name.endswith(".bias") else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+    return [group for group in groups if group["params"]]
+
+
+def build_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float, betas, eps: float,
+                    cpu_offload: bool):
+    """AdamW, or DeepSpeed's vectorised CPU Adam when ZeRO offloads optimizer state to the CPU."""
+    groups = param_groups(model, weight_decay)
+    if cpu_offload:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, adamw_mode=True)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)

@@ -1,0 +1,80 @@
+"""Pre-training a GPT/Llama model: wires the resolved configuration to groups, data, model, engine and loop."""
+
+import os
+from typing import Optional
+
+from megatron.config import RunConfig
+from megatron.core import comm
+from megatron.core import parallel_state as ps
+from megatron.core.tensor_parallel import set_random_seed
+from megatron.training.data_setup import TrainingData, build_training_data
+from megatron.training.engine import build_engine
+from megatron.training.loop import TrainState, train
+from megatron.training.model_setup import build_model, flops_per_iteration
+from megatron.training.peak_flops import device_peak_tflops
+from megatron.training.progress_log import ProgressLog, ThroughputModel
+
+
+def log_rank0(message: str):
+    if comm.get_rank() == 0:
+        print(message, flush=True)
+
+
+def initialize_parallel(config: RunConfig):
+    parallel = config.parallel
+    if comm.get_world_size() != parallel.world_size:
+        raise ValueError(f"the configuration was resolved for a world of {parallel.world_size} processes but "
+                         f"{comm.get_world_size()} joined; launch with the same number of processes")
+    virtual = None
+    if parallel.num_layers_per_virtual_pipeline_stage:
+        virtual = config.model.num_layers // (parallel.pipeline_model_parallel_size
+                                              * parallel.num_layers_per_virtual_pipeline_stage)
+    ps.initialize_model_parallel(parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size,
+                                 virtual_pipeline_model_parallel_size=virtual,
+                                 expert_model_parallel_size=parallel.expert_model_parallel_size)
+    log_rank0(f"> parallel layout: {ps.get_layout().describe()}")
+
+
+def metrics_path(config: RunConfig) -> Optional[str]:
+    logging = config.logging
+    if logging.metrics_file:
+        return logging.metrics_file
+    return os.path.join(logging.output_dir, "metrics.jsonl") if logging.output_dir else None
+
+
+def pretrain(config: RunConfig, printer=log_rank0) -> TrainState:
+    """Runs the whole job on an initialised world (``comm.init_distributed()``); returns the final state."""
+    initialize_parallel(config)
+    set_random_seed(config.training.seed)
+    data: TrainingData = build_training_data(config, printer)
+    config = config.with_vocab(data.tokenizer.vocab_size)
+    engine = build_engine(config, lambda: build_model(config))
+
+    training = config.training
+    global_batch = engine.train_batch_size()
+    peak, peak_source = device_peak_tflops(config.logging.peak_tflops_per_device)
+    throughput = ThroughputModel(tokens_per_iteration=global_batch * config.model.seq_length,
+                                 flops_per_iteration=flops_per_iteration(config, global_batch),
+                                 world_size=comm.get_world_size(), peak_tflops_per_device=peak,
+                                 peak_source=peak_source)
+    printer(f"> model: {sum(p.numel() for p in engine.module.parameters())} parameters on this rank; "
+            f"global batch {global_batch} = micro {engine.train_micro_batch_size_per_gpu()} x grad acc "
+            f"{engine.gradient_accumulation_steps()} x DP {ps.get_data_parallel_world_size()}; ZeRO stage "
+            f"{engine.zero_optimization_stage()}; MFU peak {peak if peak else 'n/a'} TFLOP/s/device ({peak_source})")
+    progress = ProgressLog(log_interval=config.logging.log_interval, throughput=throughput,
+                           metrics_file=metrics_path(config), tensorboard_dir=config.logging.tensorboard_dir,
+                           is_writer=comm.get_rank() == 0, printer=printer)
+    state = TrainState()
+    try:
+        train(engine, state=state, train_iters=training.train_iters,
+              gradient_accumulation_steps=engine.gradient_accumulation_steps(), global_batch_size=global_batch,
+              train_batches=data.train_batches(state.consumed_train_samples), progress=progress,
+              eval_interval=training.eval_interval, eval_iters=training.eval_iters,
+              valid_batches=data.valid_batches, exit_interval=training.exit_interval,
+              exit_duration_in_mins=training.exit_duration_in_mins)
+    finally:
+        progress.close()
+    state.history = progress.history
+    engine.destroy()
+    ps.destroy_model_parallel()
+    return state
