@@ -95,11 +95,11 @@ def decode_record(record: RawRecord, input_format: str, json_keys: Sequence[str]
     """Document text under each key. For text files there is one document per record, stored under
     `json_keys[0]` so that outputs are named alike for both formats."""
     text = _decode_utf8(record)
+    if record.line_number == 1 and text.startswith("\ufeff"):  # the byte-order mark some editors write
+        text = text[1:]
     if input_format == "text":
         # The block's lines are all non-blank; drop only the final line break (and Windows "\r").
         return {json_keys[0]: text.replace("\r\n", "\n").rstrip("\n")}
-    if text.startswith("\ufeff"):  # a byte-order mark some editors put at the start of a file
-        text = text[1:]
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as error:
