@@ -13,7 +13,7 @@ from megatron.data.indexed_dataset import IndexedDataset
 from megatron.data.preprocessing import PreprocessConfig, preprocess_corpus
 from megatron.data.tokenizers import build_tokenizer
 
-from conftest import write_jsonl
+from tests.data.corpora import write_jsonl
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -7,7 +7,7 @@ import pytest
 
 from megatron.data.tokenizers import NullTokenizer, build_tokenizer, pad_vocab_size
 
-from conftest import SAMPLE_DOCUMENTS, english_documents
+from tests.data.corpora import SAMPLE_DOCUMENTS, english_documents
 
 REFERENCE_STRINGS = SAMPLE_DOCUMENTS + [
     "Hello world",

@@ -6,7 +6,7 @@ import sys
 
 from megatron.data.tokenizers import build_tokenizer
 
-from conftest import english_documents, write_jsonl
+from tests.data.corpora import english_documents, write_jsonl
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
