@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from megatron.data.document_reader import MalformedRecordError
+from megatron.data.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.data.indexed_dataset import IndexedDataset
 from megatron.data.preprocessing import PreprocessConfig, preprocess_corpus
 from megatron.data.tokenizers import build_tokenizer
@@ -51,6 +52,33 @@ def test_sentencepiece_round_trip(tmp_path, corpus_documents, sentencepiece_mode
     assert report.documents_written == {"text": len(corpus_documents)}
     assert sum(m.startswith("processed ") for m in messages) == len(corpus_documents) // 50
     assert messages[-1].startswith(f"done: {len(corpus_documents)} documents") and "MB/s" in messages[-1]
+
+
+def test_gpt_dataset_samples_detokenize_to_the_documents(tmp_path, corpus_documents, sentencepiece_model):
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", corpus_documents)
+    run_preprocess(tmp_path, corpus, tokenizer_type="SentencePieceTokenizer", tokenizer_model=sentencepiece_model,
+                   append_eod=True, workers=2)
+    tokenizer = build_tokenizer("SentencePieceTokenizer", tokenizer_model=sentencepiece_model)
+    config = GPTDatasetConfig(seq_length=32, seed=3, eod=tokenizer.eod, vocab_size=tokenizer.vocab_size,
+                              cache_dir=str(tmp_path / "cache"))
+    dataset = GPTDataset("train", IndexedDataset(str(tmp_path / "out_text_document")), (0, len(corpus_documents)),
+                         None, config)  # one epoch
+    # Undo the sample shuffle, then join the samples (each overlaps the next by one token) into the stream.
+    by_position = {int(dataset.shuffle_index[k]): k for k in range(len(dataset))}
+    stream = []
+    for position in range(len(dataset)):
+        stream += dataset[by_position[position]]["tokens"].tolist()
+    # Split the stream at EOD: whole documents, in the epoch's (shuffled) document order.
+    documents, current = [], []
+    for token in stream:
+        if token == tokenizer.eod:
+            documents.append(tokenizer.detokenize(current))
+            current = []
+        else:
+            current.append(token)
+    expected = [corpus_documents[d] for d in dataset.document_index[: len(documents)]]
+    assert documents == expected
+    assert len(documents) >= len(corpus_documents) - 2  # only the tail shorter than one sample is left out
 
 
 @pytest.mark.parametrize("workers", [1, 2])
