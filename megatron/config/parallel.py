@@ -1,0 +1,44 @@
+"""ParallelConfig: how the world of ranks is split into tensor, pipeline, expert and data parallelism."""
+
+from dataclasses import dataclass
+from typing import Optional
+
+from megatron.config.fields import option
+
+PIPELINE_SCHEDULES = ("deepspeed", "1f1b", "interleaved")
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """Parallel degrees. data_parallel_size is whatever is left: world_size / (TP * PP)."""
+
+    tensor_model_parallel_size: int = option(1, "Tensor-parallel degree (splits every layer).", minimum=1)
+    pipeline_model_parallel_size: int = option(1, "Pipeline-parallel degree (splits the layer stack).",
+                                               minimum=1)
+    num_layers_per_virtual_pipeline_stage: Optional[int] = option(
+        None, "Layers per model chunk for the interleaved schedule; each stage holds several chunks.",
+        minimum=1)
+    pipeline_schedule: Optional[str] = option(
+        None, "Pipeline schedule: deepspeed (DeepSpeed's PipelineEngine; ZeRO-0/1 only), 1f1b or "
+        "interleaved (Megatron schedules; any ZeRO stage).", choices=PIPELINE_SCHEDULES,
+        derived="interleaved with virtual stages; else deepspeed when PP > 1 and ZeRO <= 1; else 1f1b")
+    expert_model_parallel_size: int = option(1, "Expert-parallel degree for MoE layers; carved out of "
+                                             "the data-parallel ranks.", minimum=1,
+                                             aliases=("--moe-expert-parallel-size",))
+    sequence_parallel: bool = option(False, "Megatron sequence parallelism: split norm/dropout "
+                                     "activations along the sequence over the tensor-parallel ranks "
+                                     "(needs TP > 1).")
+    world_size: int = option(1, "Number of ranks.", cli=False, minimum=1,
+                             derived="parse_config's world_size argument, else $WORLD_SIZE, else 1")
+    data_parallel_size: Optional[int] = option(None, "Data-parallel degree.", cli=False,
+                                               derived="world_size / (TP * PP)")
+    local_rank: int = option(0, "This process's rank on its node, as passed by the DeepSpeed launcher.",
+                             aliases=("--local_rank",), derived="$LOCAL_RANK, else 0")
+
+    def __post_init__(self):
+        # A world that does not divide leaves DP unset; validate() explains what to change.
+        model_parallel = self.tensor_model_parallel_size * self.pipeline_model_parallel_size
+        if self.data_parallel_size is None and model_parallel > 0 and self.world_size % model_parallel == 0:
+            object.__setattr__(self, "data_parallel_size", self.world_size // model_parallel)
+        if self.pipeline_schedule is None and self.num_layers_per_virtual_pipeline_stage is not None:
+            object.__setattr__(self, "pipeline_schedule", "interleaved")

@@ -1,0 +1,100 @@
+"""parse_config / resolve_config: flags + DeepSpeed JSON -> one validated RunConfig, built once.
+
+Order: explicit values -> model-family preset under them -> defaults under both -> DeepSpeed JSON merged
+in (deepspeed_json.py) -> group dataclasses derive what is left -> validate().
+"""
+
+import dataclasses
+import os
+import sys
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
+
+from megatron.config.cli import parse_command_line
+from megatron.config.deepspeed_json import load_deepspeed_json
+from megatron.config.deepspeed_merge import merge_deepspeed_json
+from megatron.config.errors import ConfigError
+from megatron.config.fields import CLI, field_map, flag_of
+from megatron.config.model import FAMILY_PRESETS
+from megatron.config.run_config import GROUPS, RunConfig
+from megatron.config.validate import validate
+
+# name -> dataclass field over all groups (field_map asserts the names are unique: each is also a flag).
+_FIELDS = {name: field for name, (_, field) in field_map(cls for _, cls in GROUPS).items()}
+
+
+def parse_config(argv: Optional[Sequence[str]] = None, world_size: Optional[int] = None) -> RunConfig:
+    """Parse Megatron-style flags (sys.argv[1:] by default) and the --deepspeed_config JSON they name.
+
+    world_size: the number of ranks; defaults to $WORLD_SIZE, else 1. Raises ConfigError (a ValueError)
+    for anything the user can get wrong, before any engine or process group exists.
+    """
+    command_line = parse_command_line(sys.argv[1:] if argv is None else argv)
+    return _resolve(command_line.values, command_line.spelling, command_line.deepspeed_config_path,
+                    world_size)
+
+
+def resolve_config(values: Optional[Mapping[str, Any]] = None, *,
+                   deepspeed_config: Union[None, str, Mapping[str, Any]] = None,
+                   world_size: Optional[int] = None) -> RunConfig:
+    """The same resolution from Python values (field name -> value, as if typed as flags), e.g. in tests:
+    resolve_config({"num_layers": 2, "hidden_size": 64, ...}, deepspeed_config="ds.json", world_size=2).
+    deepspeed_config may be a JSON path or an already-parsed dict."""
+    values = dict(values or {})
+    unknown = sorted(name for name in values if name not in _FIELDS or not _FIELDS[name].metadata.get(CLI, True))
+    if unknown:
+        raise ConfigError(f"unknown or derived configuration fields {unknown}; see docs/configuration.md")
+    if isinstance(values.get("data_path"), list):
+        values["data_path"] = tuple(values["data_path"])
+    return _resolve(values, {}, deepspeed_config, world_size)
+
+
+def _resolve(explicit: Dict[str, Any], spelling: Mapping[str, str],
+             deepspeed_config: Union[None, str, Mapping[str, Any]], world_size: Optional[int]) -> RunConfig:
+    if isinstance(deepspeed_config, str):
+        ds_json, path, source = load_deepspeed_json(deepspeed_config), deepspeed_config, deepspeed_config
+    else:
+        ds_json, path, source = dict(deepspeed_config or {}), None, "the DeepSpeed config"
+    if "lr_warmup_fraction" in explicit and "lr_warmup_iters" in explicit:
+        raise ConfigError(f"--lr-warmup-fraction {explicit['lr_warmup_fraction']} and --lr-warmup-iters "
+                          f"{explicit['lr_warmup_iters']} both set the warmup; drop one")
+
+    settings = {name: field.default for name, field in _FIELDS.items()}
+    settings.update(FAMILY_PRESETS[explicit.get("model_family", settings["model_family"])])
+    settings.update(explicit)
+    settings["world_size"] = _world_size(world_size)
+    if "local_rank" not in explicit:
+        settings["local_rank"] = _env_int("LOCAL_RANK", 0)
+
+    tp, pp = settings["tensor_model_parallel_size"], settings["pipeline_model_parallel_size"]
+    if tp < 1 or pp < 1 or settings["world_size"] % (tp * pp):
+        raise ConfigError(f"world size {settings['world_size']} is not divisible by tensor-parallel {tp} x "
+                          f"pipeline-parallel {pp} = {tp * pp}; change --tensor-model-parallel-size / "
+                          f"--pipeline-model-parallel-size or the number of ranks")
+    merged, ds_dict = merge_deepspeed_json(explicit, settings, ds_json, settings["world_size"] // (tp * pp),
+                                           source=source, spelling=spelling,
+                                           flag_of=lambda name: flag_of(_FIELDS[name]))
+    settings.update(merged)
+
+    groups = {name: cls(**{f.name: settings[f.name] for f in dataclasses.fields(cls)}) for name, cls in GROUPS}
+    config = RunConfig(**groups, deepspeed_config=ds_dict, deepspeed_config_path=path)
+    if config.model.vocab_size is not None:
+        config = config.with_vocab(config.model.vocab_size)
+    validate(config)
+    return config
+
+
+def _world_size(argument: Optional[int]) -> int:
+    world = argument if argument is not None else _env_int("WORLD_SIZE", 1)
+    if world < 1:
+        raise ConfigError(f"world size {world} must be >= 1")
+    return world
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={text!r} is not an integer") from None

@@ -1,0 +1,245 @@
+"""validate(config): every check that can fail before an engine is built, each naming the numbers and the fix.
+
+Called by parse_config / resolve_config / RunConfig.from_dict. Checks run in a fixed order and the first
+failure raises, so a config with two mistakes reports the more basic one (the parallel layout) first.
+"""
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING
+
+from megatron.config.errors import ConfigError
+from megatron.config.fields import CHOICES, MINIMUM, REQUIRED, canonical_choice, flag_of
+
+if TYPE_CHECKING:
+    from megatron.config.run_config import RunConfig
+
+
+def validate(config: "RunConfig") -> None:
+    from megatron.config.run_config import GROUPS
+
+    for name, _ in GROUPS:
+        _check_fields(getattr(config, name))
+    _check_parallel_layout(config)
+    _check_model(config)
+    _check_pipeline(config)
+    _check_memory(config)
+    _check_training(config)
+    _check_data_and_checkpoint(config)
+    _check_deepspeed_dict(config)
+
+
+def _check_fields(group) -> None:
+    """required / minimum / choices, read from each field's metadata."""
+    for field in dataclasses.fields(group):
+        value = getattr(group, field.name)
+        if value is None:
+            if field.metadata.get(REQUIRED):
+                raise ConfigError(f"{flag_of(field)} is required ({field.metadata['help']})")
+            continue
+        minimum = field.metadata.get(MINIMUM)
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{flag_of(field)} {value} must be >= {minimum}")
+        choices = field.metadata.get(CHOICES)
+        if choices is not None and (canonical_choice(value, choices) != value):
+            raise ConfigError(f"{flag_of(field)} {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def _check_parallel_layout(config: "RunConfig") -> None:
+    p = config.parallel
+    tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
+    if p.world_size % (tp * pp):
+        raise ConfigError(f"world size {p.world_size} is not divisible by tensor-parallel {tp} x "
+                          f"pipeline-parallel {pp} = {tp * pp}; change --tensor-model-parallel-size / "
+                          f"--pipeline-model-parallel-size or the number of ranks")
+    if p.data_parallel_size != p.world_size // (tp * pp):
+        raise ConfigError(f"data_parallel_size {p.data_parallel_size} != world size {p.world_size} / "
+                          f"(TP {tp} x PP {pp}); leave it unset to derive it")
+    ep = p.expert_model_parallel_size
+    if p.data_parallel_size % ep:
+        raise ConfigError(f"--expert-model-parallel-size {ep} does not divide the data-parallel size "
+                          f"{p.data_parallel_size} (experts are carved out of data-parallel ranks); use a "
+                          f"divisor of {p.data_parallel_size}")
+    if ep > 1 and config.zero.stage == 3:
+        raise ConfigError(f"--expert-model-parallel-size {ep} with ZeRO-3: DeepSpeed MoE refuses ZeRO stage 3; "
+                          f"use ZeRO-2 or lower")
+    if p.sequence_parallel and tp == 1:
+        # Megatron silently turns it off; an error tells the user the flag bought nothing.
+        raise ConfigError("--sequence-parallel needs --tensor-model-parallel-size > 1 (it splits activations "
+                          "across tensor-parallel ranks; with TP=1 there is nothing to split); drop the flag "
+                          "or raise TP")
+    if p.sequence_parallel and config.model.seq_length % tp:
+        raise ConfigError(f"--sequence-parallel splits the sequence over {tp} tensor-parallel ranks, but "
+                          f"--seq-length {config.model.seq_length} is not divisible by {tp}")
+
+
+def _check_model(config: "RunConfig") -> None:
+    m, tp = config.model, config.parallel.tensor_model_parallel_size
+    heads, kv_heads = m.num_attention_heads, m.num_key_value_heads
+    if m.kv_channels is None:
+        raise ConfigError(f"--hidden-size {m.hidden_size} is not divisible by --num-attention-heads {heads}; "
+                          f"change one, or give --kv-channels explicitly")
+    if heads % tp:
+        raise ConfigError(f"--num-attention-heads {heads} is not divisible by --tensor-model-parallel-size "
+                          f"{tp}; each tensor-parallel rank needs whole heads")
+    if heads % kv_heads:
+        raise ConfigError(f"--num-key-value-heads {kv_heads} does not divide --num-attention-heads {heads}; "
+                          f"every key/value head must serve the same number of query heads")
+    if kv_heads % tp:
+        raise ConfigError(f"--num-key-value-heads {kv_heads} is not divisible by --tensor-model-parallel-size "
+                          f"{tp}; each tensor-parallel rank needs whole key/value heads")
+    if m.ffn_hidden_size is None:
+        raise ConfigError(f"--swiglu with --hidden-size {m.hidden_size}: Megatron's rule "
+                          f"int(8*h/3/64)*64 gives 0; pass --ffn-hidden-size explicitly")
+    if m.ffn_hidden_size % tp:
+        raise ConfigError(f"--ffn-hidden-size {m.ffn_hidden_size} is not divisible by "
+                          f"--tensor-model-parallel-size {tp}; the MLP is split column-wise over TP")
+    if m.position_embedding_type == "learned_absolute" and m.seq_length > m.max_position_embeddings:
+        raise ConfigError(f"--seq-length {m.seq_length} exceeds --max-position-embeddings "
+                          f"{m.max_position_embeddings} with learned positions; raise the table size or "
+                          f"shorten the sequence")
+    for name in ("attention_dropout", "hidden_dropout"):
+        if not 0.0 <= getattr(m, name) < 1.0:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(m, name)} must be in [0, 1)")
+    if m.padded_vocab_size is not None and m.vocab_size is not None and (
+            m.padded_vocab_size < m.vocab_size or m.padded_vocab_size % tp):
+        raise ConfigError(f"padded_vocab_size {m.padded_vocab_size} must be >= vocab_size {m.vocab_size} and "
+                          f"divisible by TP {tp}; leave it unset to derive it")
+
+
+def _check_pipeline(config: "RunConfig") -> None:
+    p, layers = config.parallel, config.model.num_layers
+    pp, schedule, per_chunk = p.pipeline_model_parallel_size, p.pipeline_schedule, \
+        p.num_layers_per_virtual_pipeline_stage
+    if layers % pp:
+        raise ConfigError(f"--num-layers {layers} is not divisible by --pipeline-model-parallel-size {pp}; "
+                          f"every stage needs the same number of layers")
+    if schedule == "deepspeed" and config.zero.stage >= 2:
+        raise ConfigError(f"--pipeline-schedule deepspeed with ZeRO-{config.zero.stage}: DeepSpeed's "
+                          f"PipelineEngine only supports ZeRO-0/1; use --pipeline-schedule 1f1b (or "
+                          f"interleaved), which supports ZeRO-2/3, or lower the ZeRO stage")
+    if per_chunk is None:
+        if schedule == "interleaved":
+            raise ConfigError("--pipeline-schedule interleaved needs --num-layers-per-virtual-pipeline-stage")
+        return
+    if schedule != "interleaved":
+        raise ConfigError(f"--num-layers-per-virtual-pipeline-stage {per_chunk} only applies to "
+                          f"--pipeline-schedule interleaved, not {schedule}; drop one")
+    if pp < 2:
+        raise ConfigError("the interleaved schedule needs --pipeline-model-parallel-size >= 2")
+    if layers % (pp * per_chunk):
+        raise ConfigError(f"--num-layers {layers} is not divisible by pipeline-parallel {pp} x "
+                          f"--num-layers-per-virtual-pipeline-stage {per_chunk} = {pp * per_chunk}")
+    chunks = layers // (pp * per_chunk)
+    if chunks < 2:
+        raise ConfigError(f"--num-layers {layers} / (PP {pp} x {per_chunk} layers per chunk) gives 1 chunk "
+                          f"per stage, which is plain 1F1B; lower --num-layers-per-virtual-pipeline-stage or "
+                          f"drop it")
+    micro_batches = config.training.gradient_accumulation_steps
+    if micro_batches is not None and micro_batches % pp:
+        raise ConfigError(f"the interleaved schedule needs the number of micro-batches (gradient "
+                          f"accumulation steps {micro_batches}) to be a multiple of the pipeline size {pp}; "
+                          f"change --global-batch-size or --micro-batch-size")
+
+
+def _check_memory(config: "RunConfig") -> None:
+    precision, zero, recompute = config.precision, config.zero, config.recompute
+    if precision.bf16 and precision.fp16:
+        raise ConfigError("bf16 and fp16 are both enabled (by flags or the DeepSpeed JSON); choose one")
+    if not math.log2(precision.initial_loss_scale).is_integer():
+        raise ConfigError(f"--initial-loss-scale {precision.initial_loss_scale} is not a power of 2; DeepSpeed "
+                          f"takes fp16.initial_scale_power = log2 of it")
+    if zero.offload_optimizer != "none" and zero.stage < 1:
+        raise ConfigError(f"--offload-optimizer {zero.offload_optimizer} needs ZeRO stage >= 1 (DeepSpeed "
+                          f"offloads the partitioned optimizer), but the stage is {zero.stage}")
+    if zero.offload_param != "none" and zero.stage != 3:
+        raise ConfigError(f"--offload-param {zero.offload_param} needs ZeRO-3 (only stage 3 partitions "
+                          f"parameters), but the stage is {zero.stage}")
+    if recompute.partition_activations and recompute.recompute_granularity != "full":
+        # Selective recomputation saves tensor-parallel-sharded tensors; partitioning those across TP
+        # gives silently wrong gradients (see DEEPSPEED_ON_CPU.md).
+        raise ConfigError(f"--partition-activations needs --recompute-granularity full (or "
+                          f"--checkpoint-activations); it is {recompute.recompute_granularity}")
+    if recompute.contiguous_checkpointing and not recompute.partition_activations:
+        raise ConfigError("--contiguous-checkpointing needs --partition-activations (DeepSpeed's rule)")
+    for name in ("checkpoint_in_cpu", "synchronize_each_layer", "profile_backward"):
+        if getattr(recompute, name) and recompute.recompute_granularity is None:
+            raise ConfigError(f"--{name.replace('_', '-')} has no effect without activation recomputation; "
+                              f"add --recompute-granularity full or drop it")
+
+
+def _check_training(config: "RunConfig") -> None:
+    t, dp = config.training, config.parallel.data_parallel_size
+    if t.lr is None:
+        raise ConfigError("--lr is required (or optimizer.params.lr in the DeepSpeed JSON)")
+    if t.global_batch_size is None or t.gradient_accumulation_steps is None:
+        raise ConfigError("global_batch_size / gradient_accumulation_steps are unset: build the config with "
+                          "parse_config() or resolve_config(), which derive them")
+    if t.micro_batch_size * t.gradient_accumulation_steps * dp != t.global_batch_size:
+        raise ConfigError(f"global batch {t.global_batch_size} != micro {t.micro_batch_size} x gradient "
+                          f"accumulation {t.gradient_accumulation_steps} x data-parallel {dp}")
+    if t.lr_warmup_fraction is not None and t.lr_warmup_iters:
+        raise ConfigError(f"--lr-warmup-fraction {t.lr_warmup_fraction} and --lr-warmup-iters "
+                          f"{t.lr_warmup_iters} both set the warmup; drop one")
+    if t.lr_warmup_fraction is not None and t.lr_warmup_fraction > 1:
+        raise ConfigError(f"--lr-warmup-fraction {t.lr_warmup_fraction} must be <= 1")
+    if t.min_lr > t.lr:
+        raise ConfigError(f"--min-lr {t.min_lr} is above --lr {t.lr}")
+    if t.lr_decay_style != "constant" and not config.deepspeed_builds_scheduler and \
+            t.warmup_iters >= t.lr_decay_iters:
+        raise ConfigError(f"warmup of {t.warmup_iters} steps does not end before the decay ends at "
+                          f"--lr-decay-iters {t.lr_decay_iters} (Megatron's rule); shorten the warmup or "
+                          f"lengthen the decay")
+
+
+def _check_data_and_checkpoint(config: "RunConfig") -> None:
+    data, ckpt = config.data, config.checkpoint
+    if data.data_path is not None and len(data.data_path) > 1:
+        weights = data.data_path[0::2]
+        if len(data.data_path) % 2 or not all(_is_number(w) for w in weights):
+            raise ConfigError(f"--data-path {' '.join(data.data_path)}: with several datasets give "
+                              f"alternating `weight prefix` pairs, e.g. --data-path 0.7 a_text 0.3 b_text")
+    parts = data.split.replace("/", ",").split(",")
+    if not 1 <= len(parts) <= 3 or not all(_is_number(p) and float(p) >= 0 for p in parts) or \
+            sum(float(p) for p in parts) <= 0:
+        raise ConfigError(f"--split {data.split!r} must be up to three non-negative numbers with a positive "
+                          f"sum, e.g. 969,30,1")
+    needs = {"finetune": "load", "no_load_optim": "load", "no_load_rng": "load",
+             "universal_checkpoint": "load", "save_interval": "save", "keep_last": "save"}
+    for name, target in needs.items():
+        value = getattr(ckpt, name)
+        if value not in (None, False) and getattr(ckpt, target) is None:
+            shown = f"--{name.replace('_', '-')}" + ("" if value is True else f" {value}")
+            raise ConfigError(f"{shown} has no effect without --{target}; add --{target} DIR or drop it")
+
+
+def _check_deepspeed_dict(config: "RunConfig") -> None:
+    """The stored DeepSpeed dict must state what the groups state (catches hand-edited or stale dicts)."""
+    ds, t = config.deepspeed_config, config.training
+    expected = {
+        ("train_batch_size",): t.global_batch_size,
+        ("train_micro_batch_size_per_gpu",): t.micro_batch_size,
+        ("gradient_accumulation_steps",): t.gradient_accumulation_steps,
+        ("zero_optimization", "stage"): config.zero.stage,
+        ("gradient_clipping",): t.clip_grad,
+    }
+    for keys, value in expected.items():
+        node = ds
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node != value:
+            raise ConfigError(f"deepspeed_config {'.'.join(keys)}={node!r} disagrees with the resolved value "
+                              f"{value!r}; build the config with parse_config()/resolve_config()")
+    for name in ("bf16", "fp16"):
+        enabled = bool((ds.get(name) or (ds.get("bfloat16") if name == "bf16" else None) or {}).get("enabled"))
+        if enabled != getattr(config.precision, name):
+            raise ConfigError(f"deepspeed_config {name}.enabled={enabled} disagrees with the resolved "
+                              f"{name}={getattr(config.precision, name)}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
