@@ -77,13 +77,14 @@ class ModelConfig:
     hidden_dropout: float = option(0.1, "Dropout probability on the residual branches.")
     init_method_std: float = option(0.02, "Standard deviation of the normal weight initialisation.")
     vocab_size: Optional[int] = option(
-        None, "Vocabulary size before padding; only for --tokenizer-type NullTokenizer, other tokenizers "
-        "report theirs through RunConfig.with_vocab().", minimum=1)
+        None, "Vocabulary size before padding. As a flag, only for --tokenizer-type NullTokenizer: its number "
+        "of text ids (the tokenizer adds EOD). Once the tokenizer exists, RunConfig.with_vocab() stores the "
+        "tokenizer's own count here.", minimum=1)
     make_vocab_size_divisible_by: int = option(128, "Pad the vocabulary to a multiple of this times "
                                                "the tensor-parallel size.", minimum=1)
     padded_vocab_size: Optional[int] = option(
-        None, "Embedding rows after padding.", cli=False,
-        derived="vocab_size rounded up to make_vocab_size_divisible_by * tensor_model_parallel_size")
+        None, "Embedding rows after padding; unset until the tokenizer reports its vocabulary.", cli=False,
+        derived="with_vocab(): vocabulary rounded up to make_vocab_size_divisible_by * tensor_model_parallel_size")
     use_transformer_engine: bool = option(False, "Use NVIDIA transformer-engine layers (GPU only).")
 
     def __post_init__(self):
@@ -105,6 +106,9 @@ class ModelConfig:
     def with_vocab(self, orig_vocab_size: int, tensor_model_parallel_size: int = 1) -> "ModelConfig":
         """A copy holding the tokenizer's vocabulary size and the padded size derived from it."""
         if self.vocab_size is not None and self.vocab_size != orig_vocab_size:
+            if self.padded_vocab_size is not None:
+                raise ConfigError(f"this config already holds a tokenizer vocabulary of {self.vocab_size}; "
+                                  f"with_vocab({orig_vocab_size}) would change the model's embedding")
             raise ConfigError(f"--vocab-size {self.vocab_size} contradicts the tokenizer's vocabulary of "
                               f"{orig_vocab_size}; drop --vocab-size (it is only for NullTokenizer)")
         padded = pad_vocab_size(orig_vocab_size, self.make_vocab_size_divisible_by, tensor_model_parallel_size)

@@ -76,9 +76,9 @@ def _resolve(explicit: Dict[str, Any], spelling: Mapping[str, str],
     settings.update(merged)
 
     groups = {name: cls(**{f.name: settings[f.name] for f in dataclasses.fields(cls)}) for name, cls in GROUPS}
+    # padded_vocab_size stays unset: the tokenizer, built later by the data code, reports the real
+    # vocabulary through RunConfig.with_vocab() (NullTokenizer adds EOD to --vocab-size, for one).
     config = RunConfig(**groups, deepspeed_config=ds_dict, deepspeed_config_path=path)
-    if config.model.vocab_size is not None:
-        config = config.with_vocab(config.model.vocab_size)
     validate(config)
     return config
 

@@ -74,8 +74,21 @@ class RunConfig:
         return "scheduler" in self.deepspeed_config
 
     def with_vocab(self, orig_vocab_size: int) -> "RunConfig":
-        """A copy with the tokenizer's vocabulary size and the padded size for this TP degree."""
-        model = self.model.with_vocab(orig_vocab_size, self.parallel.tensor_model_parallel_size)
+        """A copy holding the tokenizer's vocabulary size and the padded size for this TP degree.
+
+        Call it once the tokenizer exists, with tokenizer.vocab_size. Until then padded_vocab_size is None
+        and model.vocab_size is only what --vocab-size said. For NullTokenizer that flag counts the text
+        ids, and the tokenizer adds EOD as one more id (Megatron's NullTokenizer), so it reports
+        --vocab-size + 1: that is the vocabulary the embedding must cover.
+        """
+        model = self.model
+        flag_size = model.vocab_size if model.padded_vocab_size is None else None
+        if self.data.tokenizer_type == "NullTokenizer" and flag_size is not None:
+            if orig_vocab_size != flag_size + 1:
+                raise ConfigError(f"NullTokenizer with --vocab-size {flag_size} has {flag_size + 1} ids (EOD "
+                                  f"added), but with_vocab() got {orig_vocab_size}; pass tokenizer.vocab_size")
+            model = dataclasses.replace(model, vocab_size=None)
+        model = model.with_vocab(orig_vocab_size, self.parallel.tensor_model_parallel_size)
         return dataclasses.replace(self, model=model)
 
     # --- storage inside checkpoints --------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Values the configuration derives, and the model-family presets with their overrides."""
 
 import dataclasses
+import re
 
 import pytest
 
@@ -62,22 +63,32 @@ def test_padded_vocab_size(vocab, divisible_by, tp, padded):
     assert pad_vocab_size(vocab, divisible_by, tp) == padded
 
 
-def test_vocab_size_flag_fills_padded_size(tiny_flags):
-    config = parse_config(tiny_flags + ["--vocab-size", "50257", "--tensor-model-parallel-size", "2"],
-                          world_size=2)
-    assert (config.model.vocab_size, config.model.padded_vocab_size) == (50257, 50432)
-
-
-def test_with_vocab_returns_a_new_config(tiny_flags):
+def test_padded_vocab_waits_for_the_tokenizer(tiny_flags):
     config = parse_config(tiny_flags + ["--tensor-model-parallel-size", "2"], world_size=2)
     assert config.model.padded_vocab_size is None
     with_vocab = config.with_vocab(32001)
     assert (with_vocab.model.vocab_size, with_vocab.model.padded_vocab_size) == (32001, 32256)
     assert config.model.vocab_size is None  # the original is untouched
+    assert with_vocab.with_vocab(32001) == with_vocab  # idempotent with the same tokenizer
+    with pytest.raises(ConfigError, match="already holds a tokenizer vocabulary of 32001"):
+        with_vocab.with_vocab(50257)
 
 
-def test_with_vocab_refuses_a_different_flag_value(tiny_flags):
-    config = parse_config(tiny_flags + ["--vocab-size", "1000"])
+def test_null_tokenizer_vocabulary_includes_eod(tiny_flags):
+    # --vocab-size counts NullTokenizer's text ids; the tokenizer reports one more (EOD), as in Megatron.
+    flags = ["--tokenizer-type", "NullTokenizer", "--vocab-size", "128", "--tensor-model-parallel-size", "2"]
+    config = parse_config(tiny_flags + flags, world_size=2)
+    assert (config.model.vocab_size, config.model.padded_vocab_size) == (128, None)
+    with_vocab = config.with_vocab(129)
+    assert (with_vocab.model.vocab_size, with_vocab.model.padded_vocab_size) == (129, 256)
+    assert with_vocab.with_vocab(129) == with_vocab
+    with pytest.raises(ConfigError, match=re.escape("NullTokenizer with --vocab-size 128 has 129 ids (EOD added), "
+                                                    "but with_vocab() got 128")):
+        config.with_vocab(128)
+
+
+def test_with_vocab_refuses_a_contradicting_flag(tiny_flags):
+    config = parse_config(tiny_flags + ["--vocab-size", "1000", "--tokenizer-type", "GPT2BPETokenizer"])
     with pytest.raises(ConfigError, match="--vocab-size 1000 contradicts the tokenizer's vocabulary of 50257"):
         config.with_vocab(50257)
 

@@ -14,7 +14,7 @@ def rich_config(tiny_flags, ds_json):
     flags = ["--model-family", "llama", "--num-key-value-heads", "2", "--tensor-model-parallel-size", "2",
              "--data-path", "0.5", "a", "0.5", "b", "--checkpoint-activations", "--run-name", "r",
              "--vocab-size", "1000", "--tokenizer-type", "NullTokenizer", "--deepspeed_config", ds_json(ds)]
-    return parse_config(tiny_flags + flags, world_size=4)
+    return parse_config(tiny_flags + flags, world_size=4).with_vocab(1001)  # NullTokenizer adds EOD
 
 
 def test_round_trip_is_exact(rich_config):
