@@ -9,13 +9,16 @@ corpus, so the command works on a fresh machine.
 
 import sys
 
-from megatron.config import parse_config
+from megatron.config import ConfigError, parse_config
 from megatron.core import comm
 from megatron.training.pretrain import pretrain
 
 
 def main(argv=None):
-    config = parse_config(argv)  # every contradiction and impossible combination fails here, before any engine
+    try:
+        config = parse_config(argv)  # every contradiction and impossible combination fails here, before any engine
+    except ConfigError as error:
+        sys.exit(f"pretrain_gpt_ds.py: configuration error: {error}")
     comm.init_distributed()
     try:
         pretrain(config)

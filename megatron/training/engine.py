@@ -14,7 +14,7 @@ import torch
 from megatron.config import RunConfig
 from megatron.core import parallel_state as ps
 from megatron.training.lr_schedule import WarmupDecayLR
-from megatron.training.optimizer import build_optimizer
+from megatron.training.optimizer import build_optimizer, param_groups
 
 
 def warmup_iterations(config: RunConfig) -> int:
@@ -55,6 +55,10 @@ def model_construction_context(config: RunConfig, ds_config: dict):
                                remote_device="cpu" if config.zero.offload_param == "cpu" else None)
 
 
+def _json_weight_decay(config: RunConfig) -> float:
+    return float(config.deepspeed_config["optimizer"].get("params", {}).get("weight_decay", 0.0))
+
+
 def build_engine(config: RunConfig, model_provider: Callable[[], torch.nn.Module]):
     """Returns the DeepSpeed engine; its ``lr_scheduler`` is Megatron's schedule unless the JSON has one."""
     ds_config = config.deepspeed_dict()
@@ -62,14 +66,16 @@ def build_engine(config: RunConfig, model_provider: Callable[[], torch.nn.Module
     with model_construction_context(config, ds_config):
         model = model_provider()
 
-    optimizer = None
+    optimizer, training = None, config.training
     if not config.deepspeed_builds_optimizer:
-        training = config.training
         optimizer = build_optimizer(model, lr=training.lr, weight_decay=training.weight_decay,
                                     betas=(training.adam_beta1, training.adam_beta2), eps=training.adam_eps,
                                     cpu_offload=config.zero.offload_optimizer == "cpu")
+    # When the JSON builds the optimizer it still gets Megatron's groups: no weight decay on biases and norms.
+    groups = None if optimizer is not None else param_groups(model, _json_weight_decay(config))
     # A callable: DeepSpeed applies it to the optimizer it ends up with (ours or the JSON's).
     lr_scheduler = None if config.deepspeed_builds_scheduler else _lr_schedule_factory(config)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                                           config=ds_config, mpu=ps.get_deepspeed_mpu())
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=groups,
+                                           lr_scheduler=lr_scheduler, config=ds_config,
+                                           mpu=ps.get_deepspeed_mpu())
     return engine

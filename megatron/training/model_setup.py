@@ -15,8 +15,6 @@ def build_model(config: RunConfig):
 
 
 def flops_per_iteration(config: RunConfig, global_batch_size: int) -> float:
-    """Model FLOPs of one optimizer step: forward + backward (3x forward), plus one more forward when every
-    layer is recomputed. Counted as useful work only: selective recompute is not charged."""
-    recompute_forward = 1 if config.recompute.recompute_granularity == "full" else 0
-    forward = model_flops_per_token(config.model) * config.model.seq_length * global_batch_size
-    return forward * (3 + recompute_forward)
+    """Model FLOPs of one optimizer step (forward + backward; recomputation is not useful work, so MFU
+    does not count it)."""
+    return model_flops_per_token(config.model) * config.model.seq_length * global_batch_size

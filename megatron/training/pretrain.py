@@ -20,7 +20,7 @@ def log_rank0(message: str):
         print(message, flush=True)
 
 
-def initialize_parallel(config: RunConfig):
+def initialize_parallel(config: RunConfig, printer=log_rank0):
     parallel = config.parallel
     if comm.get_world_size() != parallel.world_size:
         raise ValueError(f"the configuration was resolved for a world of {parallel.world_size} processes but "
@@ -32,7 +32,7 @@ def initialize_parallel(config: RunConfig):
     ps.initialize_model_parallel(parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size,
                                  virtual_pipeline_model_parallel_size=virtual,
                                  expert_model_parallel_size=parallel.expert_model_parallel_size)
-    log_rank0(f"> parallel layout: {ps.get_layout().describe()}")
+    printer(f"> parallel layout: {ps.get_layout().describe()}")
 
 
 def metrics_path(config: RunConfig) -> Optional[str]:
@@ -44,7 +44,7 @@ def metrics_path(config: RunConfig) -> Optional[str]:
 
 def pretrain(config: RunConfig, printer=log_rank0) -> TrainState:
     """Runs the whole job on an initialised world (``comm.init_distributed()``); returns the final state."""
-    initialize_parallel(config)
+    initialize_parallel(config, printer)
     set_random_seed(config.training.seed)
     data: TrainingData = build_training_data(config, printer)
     config = config.with_vocab(data.tokenizer.vocab_size)
