@@ -1,0 +1,157 @@
+"""Resuming: find the newest complete checkpoint, check it, load it into the engine, restore the position.
+
+Checks come before DeepSpeed opens a file: the manifest must exist (the save finished), every file must have
+its recorded size (nothing truncated or missing), the parameters must match the model by name and full shape
+(not another architecture), and the layout must equal this run's unless resharding was asked for
+(``--universal-checkpoint``). Every file is then read with ``weights_only=True`` (safe_load.py).
+
+Loading paths:
+- same layout: DeepSpeed's ``load_checkpoint`` (bit-identical resume: weights, optimizer, scheduler, RNG);
+- ``universal=True``: the checkpoint is converted once (universal.py) and loaded by DeepSpeed's universal
+  loader into ZeRO-1/2 engines, by ours (universal_load.py) into ZeRO-0/3 engines.
+"""
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from megatron.checkpointing.checkpointer import print_rank0
+from megatron.checkpointing.manifest import (compare_parameters, manifest_layout, read_manifest,
+                                             verify_files)
+from megatron.checkpointing.parameters import global_parameter_table
+from megatron.checkpointing.rng_state import load_rng_state
+from megatron.checkpointing.safe_load import (CheckpointError, install_safe_checkpoint_engine, safe_torch_load,
+                                              weights_only_torch_load)
+from megatron.checkpointing.save import CLIENT_STATE_KEY, current_layout, read_latest
+from megatron.checkpointing.universal import ensure_universal, universal_model_state_file
+from megatron.checkpointing.universal_load import load_universal_into_engine
+from megatron.core import comm
+
+
+@dataclass
+class ResumePoint:
+    """Where a loaded checkpoint leaves training (all zero after --finetune)."""
+    iteration: int
+    consumed_train_samples: int
+    consumed_train_tokens: Optional[int]
+    folder: str
+    saved_config: Optional[dict]
+    rng_restored: bool
+
+
+def find_checkpoint(load_dir: str) -> Optional[str]:
+    """The folder ``latest`` names, or None when ``load_dir`` holds no checkpoint yet."""
+    tag = read_latest(load_dir)
+    if tag is None:
+        return None
+    folder = os.path.join(load_dir, tag)
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"{os.path.join(load_dir, 'latest')} names {tag!r} but {folder} does not exist; "
+                              f"point `latest` at an existing global_step* folder")
+    return folder
+
+
+def _needs_resharding(saved, current, load_optimizer: bool) -> bool:
+    if saved == current:
+        return False
+    same_model_split = (saved.tensor_model_parallel_size == current.tensor_model_parallel_size
+                        and saved.pipeline_model_parallel_size == current.pipeline_model_parallel_size)
+    # Weights alone live whole (per TP/PP rank) in the model files of ZeRO-0/1/2, whatever the DP size.
+    weights_only_ok = not load_optimizer and saved.zero_stage < 3 and current.zero_stage < 3
+    return not (same_model_split and weights_only_ok)
+
+
+def _with_universal_flag(engine, value: bool):
+    """DeepSpeed reads its load_universal switch at load time only; set it for this load and put it back."""
+    previous = engine._config.load_universal_checkpoint
+    engine._config.load_universal_checkpoint = value
+    return previous
+
+
+def _load_deepspeed(engine, load_dir: str, tag: str, *, universal: bool, load_optimizer: bool,
+                    load_scheduler: bool, module_only: bool) -> dict:
+    install_safe_checkpoint_engine(engine)
+    previous = _with_universal_flag(engine, universal)
+    try:
+        with weights_only_torch_load():
+            path, client_state = engine.load_checkpoint(load_dir, tag=tag, load_optimizer_states=load_optimizer,
+                                                        load_lr_scheduler_states=load_scheduler,
+                                                        load_module_only=module_only)
+    finally:
+        engine._config.load_universal_checkpoint = previous
+    if path is None:
+        raise CheckpointError(f"DeepSpeed found no checkpoint files for this rank in {os.path.join(load_dir, tag)}")
+    return client_state or {}
+
+
+def _load_ours(engine, folder: str, *, load_optimizer: bool, load_scheduler: bool,
+               source_name: Optional[Callable[[str], str]]) -> dict:
+    load_universal_into_engine(engine, folder, load_optimizer=load_optimizer, source_name=source_name)
+    state = safe_torch_load(universal_model_state_file(folder))
+    if load_scheduler and engine.lr_scheduler is not None and state.get("lr_scheduler") is not None:
+        engine.lr_scheduler.load_state_dict(state["lr_scheduler"])
+    if load_optimizer:
+        engine.global_steps = state.get("global_steps", engine.global_steps)
+        engine.global_samples = state.get("global_samples", engine.global_samples)
+        engine.skipped_steps = state.get("skipped_steps", engine.skipped_steps)
+    return state
+
+
+def load_checkpoint(engine, load_dir: str, *, finetune: bool = False, no_load_optim: bool = False,
+                    no_load_rng: bool = False, universal: bool = False,
+                    source_name: Optional[Callable[[str], str]] = None, log=None) -> Optional[ResumePoint]:
+    """Resume ``engine`` from the newest checkpoint in ``load_dir``; None when there is none (fresh start).
+
+    A collective: every rank calls it. ``finetune`` loads weights only and restarts at iteration 0;
+    ``universal`` reshards from any saved layout. ``source_name`` maps this model's parameter names to the
+    checkpoint's when their forms differ (pipeline vs plain); it implies resharding.
+    """
+    log = log or print_rank0
+    folder = find_checkpoint(load_dir)
+    if folder is None:
+        log(f"> no checkpoint in {load_dir} (no `latest` file): starting from scratch")
+        return None
+    tag = os.path.basename(folder)
+    manifest = read_manifest(folder)
+    verify_files(folder, manifest)
+    saved_layout, layout = manifest_layout(manifest), current_layout(engine)
+    parameters = global_parameter_table(engine.module)
+    if source_name is not None:
+        parameters = {source_name(name): value for name, value in parameters.items()}
+    compare_parameters(folder, manifest["parameters"], parameters,
+                       same_tp=saved_layout.tensor_model_parallel_size == layout.tensor_model_parallel_size)
+
+    load_optimizer = not (finetune or no_load_optim)
+    # DeepSpeed loads ZeRO-3 weights without optimizer state through zero_to_fp32, which refuses TP > 1.
+    reshard = universal or source_name is not None or (layout.zero_stage == 3 and not load_optimizer)
+    if not reshard and _needs_resharding(saved_layout, layout, load_optimizer):
+        raise CheckpointError(f"checkpoint {folder} was saved with {saved_layout.describe()}, this run is "
+                              f"{layout.describe()}: pass --universal-checkpoint to reshard it (converted once, "
+                              f"next to it), or run with the saved layout")
+
+    if reshard:
+        universal_folder = ensure_universal(load_dir, tag, log=log)
+        if layout.zero_stage in (1, 2) and source_name is None:
+            state = _load_deepspeed(engine, load_dir, os.path.basename(universal_folder), universal=True,
+                                    load_optimizer=load_optimizer, load_scheduler=not finetune,
+                                    module_only=finetune)
+        else:
+            state = _load_ours(engine, universal_folder, load_optimizer=load_optimizer,
+                               load_scheduler=not finetune, source_name=source_name)
+    else:
+        state = _load_deepspeed(engine, load_dir, tag, universal=False, load_optimizer=load_optimizer,
+                                load_scheduler=not finetune, module_only=finetune)
+
+    training = state.get(CLIENT_STATE_KEY) or manifest["training"]
+    restore_rng = not (finetune or no_load_rng) and saved_layout == layout and not reshard
+    if restore_rng:
+        load_rng_state(folder, comm.get_rank())
+    elif not (finetune or no_load_rng):
+        log(f"> RNG states not restored: {folder} was saved with {saved_layout.describe()}, this run is "
+            f"{layout.describe()}; random streams continue from this run's seed")
+    log(f"> loaded {folder} (iteration {training['iteration']}, {saved_layout.describe()}"
+        f"{', resharded' if reshard else ''}{', weights only (finetune)' if finetune else ''})")
+    if finetune:
+        return ResumePoint(0, 0, 0, folder, manifest.get("config"), False)
+    return ResumePoint(int(training["iteration"]), int(training["consumed_train_samples"]),
+                       training.get("consumed_train_tokens"), folder, manifest.get("config"), restore_rng)

@@ -1,0 +1,109 @@
+"""Loading checkpoint files without ever running code stored in them.
+
+``torch.load(weights_only=False)`` unpickles arbitrary objects, so a crafted ``.pt`` file can execute code
+(a ``__reduce__`` that returns ``os.system``). DeepSpeed 0.19 loads with ``weights_only=False`` in its
+checkpoint engine (``TorchCheckpointEngine.load``) and calls ``torch.load`` directly in its universal-checkpoint
+loader (``checkpoint/universal_checkpoint.py``), its ZeRO-3 universal path (``runtime/zero/stage3.py``) and
+in ``ds_to_universal``. Every load here goes through :func:`safe_torch_load`:
+
+- :class:`SafeCheckpointEngine` replaces the engine's ``checkpoint_engine`` (installed before each load);
+- :func:`weights_only_torch_load` patches ``torch.load`` for the duration of a DeepSpeed call, which covers
+  the direct calls above (they look ``torch.load`` up at call time).
+
+Only tensors, containers, primitives and the few DeepSpeed classes listed in ``DEEPSPEED_SAFE_GLOBALS``
+(plain records: a loss scaler, an enum, a fragment address) can come out of a file; anything else is refused
+with :class:`UnsafeCheckpointError` before a single object of it is built.
+"""
+
+import contextlib
+import pickle
+import threading
+
+import torch
+from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as it is (missing, truncated, of another model or layout)."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint file that would need to run code (an object outside the allowlist) to load."""
+
+
+def _deepspeed_safe_globals():
+    """Classes DeepSpeed pickles into its checkpoints; each is a plain record rebuilt field by field."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+DEEPSPEED_SAFE_GLOBALS = _deepspeed_safe_globals()
+_original_torch_load = torch.load
+
+
+def safe_torch_load(path, map_location="cpu", mmap=None):
+    """``torch.load(path, weights_only=True)`` with DeepSpeed's record classes allowed; errors name the file."""
+    try:
+        with torch.serialization.safe_globals(DEEPSPEED_SAFE_GLOBALS):
+            return _original_torch_load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        reason = str(error).split("\n\n")[0].strip()
+        raise UnsafeCheckpointError(
+            f"refusing to load {path}: it holds objects that only arbitrary code could rebuild, so it may be "
+            f"malicious or was not written by megatron-ds/DeepSpeed. Nothing from it was executed. "
+            f"torch says: {reason}") from None
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file {path} is missing: the checkpoint is incomplete; resume from "
+                              f"another one (see the `latest` file in its folder)") from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise CheckpointError(f"checkpoint file {path} is unreadable ({error}); it is truncated or corrupt: "
+                              f"resume from another checkpoint") from error
+
+
+class SafeCheckpointEngine(TorchCheckpointEngine):
+    """DeepSpeed's torch checkpoint engine with a load that cannot run pickled code."""
+
+    def load(self, path: str, map_location=None):
+        return safe_torch_load(path, map_location=map_location if map_location is not None else "cpu")
+
+
+def install_safe_checkpoint_engine(engine):
+    """Make every load through ``engine.checkpoint_engine`` weights-only (keeps the engine's save settings)."""
+    current = engine.checkpoint_engine
+    if isinstance(current, SafeCheckpointEngine):
+        return
+    if type(current) is not TorchCheckpointEngine:
+        raise ValueError(f"the DeepSpeed config selects checkpoint engine {type(current).__name__}; megatron-ds "
+                         f"loads checkpoints only through its weights-only torch engine: remove the "
+                         f"`checkpoint.writer` / nebula / datastates settings from the DeepSpeed JSON")
+    safe = SafeCheckpointEngine.__new__(SafeCheckpointEngine)
+    safe.__dict__.update(current.__dict__)
+    engine.checkpoint_engine = safe
+
+
+_patch_lock = threading.Lock()
+_patch_depth = 0
+
+
+def _weights_only_load(f, map_location=None, *args, **kwargs):
+    return safe_torch_load(f, map_location=map_location if map_location is not None else "cpu",
+                           mmap=kwargs.get("mmap"))
+
+
+@contextlib.contextmanager
+def weights_only_torch_load():
+    """Within the block every ``torch.load`` is :func:`safe_torch_load`, whatever ``weights_only`` it passes."""
+    global _patch_depth
+    with _patch_lock:
+        _patch_depth += 1
+        torch.load = _weights_only_load
+    try:
+        yield
+    finally:
+        with _patch_lock:
+            _patch_depth -= 1
+            if _patch_depth == 0:
+                torch.load = _original_torch_load

@@ -1,0 +1,183 @@
+"""Saving through the DeepSpeed engine, atomically.
+
+A checkpoint is written under a temporary tag (``global_stepN.incomplete``); only after every rank finished
+writing (a barrier) does rank 0 write the manifest, fsync, rename the folder to ``global_stepN`` and replace
+``latest`` with an atomic ``os.replace``. A save killed at any point therefore leaves the previous checkpoint
+complete and ``latest`` naming it; the leftover ``.incomplete`` folder is removed by the next save.
+
+Folder layout (DeepSpeed's files plus ours)::
+
+    <save>/latest                                  tag of the newest complete checkpoint
+    <save>/global_stepN/mp_rank_XX_model_states.pt DeepSpeed (client state inside, from DP rank 0)
+    <save>/global_stepN/*optim_states.pt           DeepSpeed ZeRO shards
+    <save>/global_stepN/rng_state/rank_XXXXX.pt    every rank's RNG streams
+    <save>/global_stepN/checkpoint_manifest.json   written last: files, sizes, layout, parameters
+"""
+
+import os
+import re
+import shutil
+from dataclasses import asdict
+from typing import List, Optional
+
+import deepspeed
+import torch
+
+import megatron
+from megatron.checkpointing.manifest import Layout, write_manifest
+from megatron.checkpointing.parameters import global_parameter_table, universal_checkpoint_info
+from megatron.checkpointing.rng_state import save_rng_state
+from megatron.core import comm
+from megatron.core import parallel_state as ps
+
+LATEST_FILE = "latest"
+INCOMPLETE_SUFFIX = ".incomplete"
+UNIVERSAL_SUFFIX = ".universal"
+CLIENT_STATE_KEY = "megatron_ds"
+_TAG_PATTERN = re.compile(r"^global_step(\d+)$")
+
+
+def tag_for(iteration: int) -> str:
+    return f"global_step{iteration}"
+
+
+def current_layout(engine) -> Layout:
+    return Layout(tensor_model_parallel_size=ps.get_tensor_model_parallel_world_size(),
+                  pipeline_model_parallel_size=ps.get_pipeline_model_parallel_world_size(),
+                  data_parallel_size=ps.get_data_parallel_world_size(),
+                  zero_stage=engine.zero_optimization_stage())
+
+
+def versions() -> dict:
+    return {"megatron_ds": str(megatron.__version__), "deepspeed": str(deepspeed.__version__), "torch": str(torch.__version__)}
+
+
+def published_tags(save_dir: str) -> list:
+    """Complete checkpoints in ``save_dir``, oldest first."""
+    if not os.path.isdir(save_dir):
+        return []
+    found = [(int(match.group(1)), name) for name in os.listdir(save_dir)
+             if (match := _TAG_PATTERN.match(name)) and os.path.isdir(os.path.join(save_dir, name))]
+    return [name for _, name in sorted(found)]
+
+
+def read_latest(save_dir: str) -> Optional[str]:
+    path = os.path.join(save_dir, LATEST_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as handle:
+        return handle.read().strip() or None
+
+
+def _fsync_path(path: str):
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _fsync_tree(folder: str):
+    for root, _, names in os.walk(folder):
+        for name in names:
+            _fsync_path(os.path.join(root, name))
+        _fsync_path(root)
+
+
+def write_latest(save_dir: str, tag: str):
+    """Replace ``latest`` atomically: a reader sees the old tag or the new one, never a partial file."""
+    temporary = os.path.join(save_dir, f".{LATEST_FILE}.tmp")
+    with open(temporary, "w") as handle:
+        handle.write(tag)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, os.path.join(save_dir, LATEST_FILE))
+    _fsync_path(save_dir)
+
+
+def _publish(save_dir: str, temporary_tag: str, tag: str):
+    final, temporary = os.path.join(save_dir, tag), os.path.join(save_dir, temporary_tag)
+    _fsync_tree(temporary)
+    if os.path.exists(final):  # re-saving an iteration: move the old copy aside, then drop it
+        replaced = final + ".replaced"
+        shutil.rmtree(replaced, ignore_errors=True)
+        os.rename(final, replaced)
+        os.rename(temporary, final)
+        shutil.rmtree(replaced)
+    else:
+        os.rename(temporary, final)
+    shutil.rmtree(final + UNIVERSAL_SUFFIX, ignore_errors=True)  # a cached conversion of the old copy
+    _fsync_path(save_dir)
+    write_latest(save_dir, tag)
+
+
+def prune_checkpoints(save_dir: str, keep_last: int):
+    """Delete all but the newest ``keep_last`` complete checkpoints (and their universal conversions)."""
+    latest = read_latest(save_dir)
+    tags = published_tags(save_dir)
+    for tag in tags[:max(len(tags) - keep_last, 0)]:
+        if tag == latest:
+            continue
+        shutil.rmtree(os.path.join(save_dir, tag + UNIVERSAL_SUFFIX), ignore_errors=True)
+        shutil.rmtree(os.path.join(save_dir, tag))
+
+
+def _remove_leftovers(save_dir: str):
+    """Folders of saves that were killed midway; never loadable, so safe to delete."""
+    for name in os.listdir(save_dir):
+        if name.endswith(INCOMPLETE_SUFFIX) or name.endswith(".replaced"):
+            shutil.rmtree(os.path.join(save_dir, name), ignore_errors=True)
+
+
+def _optimizer_parameter_names(engine) -> Optional[List[List[str]]]:
+    """Names of a plain torch optimizer's parameters, group by group: its state_dict keys them by position
+    only, and the ZeRO-0 universal conversion needs to know which state belongs to which parameter."""
+    optimizer = engine.optimizer
+    if engine.zero_optimization_stage() != 0 or not isinstance(optimizer, torch.optim.Optimizer):
+        return None
+    names = {id(param): name for name, param in engine.module.named_parameters()}
+    return [[names.get(id(param)) for param in group["params"]] for group in optimizer.param_groups]
+
+
+def save_checkpoint(engine, save_dir: str, *, iteration: int, consumed_train_samples: int,
+                    consumed_train_tokens: Optional[int] = None, config=None,
+                    keep_last: Optional[int] = None) -> str:
+    """Save the engine's full training state as ``<save_dir>/global_step<iteration>``; returns that folder.
+
+    A collective: every rank calls it with the same arguments. ``config`` is the RunConfig (stored in the
+    checkpoint so a resume can check and reuse it).
+    """
+    if not save_dir:
+        raise ValueError("save_checkpoint needs a folder: pass --save DIR")
+    tag, temporary_tag = tag_for(iteration), tag_for(iteration) + INCOMPLETE_SUFFIX
+    rank = comm.get_rank()
+    if rank == 0:
+        os.makedirs(save_dir, exist_ok=True)
+        _remove_leftovers(save_dir)
+    comm.barrier()
+
+    layout = current_layout(engine)
+    training = {"iteration": iteration, "consumed_train_samples": consumed_train_samples,
+                "consumed_train_tokens": consumed_train_tokens}
+    client_state = {
+        CLIENT_STATE_KEY: {**training, "layout": asdict(layout), "versions": versions(),
+                           "config": config.to_dict() if config is not None else None,
+                           "optimizer_parameter_names": _optimizer_parameter_names(engine)},
+        # Read by DeepSpeed's ds_to_universal; our dict overrides the bound method DeepSpeed would store.
+        "universal_checkpoint_info": universal_checkpoint_info(engine.module),
+        "iteration": iteration,
+    }
+    engine.save_checkpoint(save_dir, tag=temporary_tag, client_state=client_state, save_latest=False)
+    save_rng_state(os.path.join(save_dir, temporary_tag), rank)
+    parameters = global_parameter_table(engine.module)  # a collective, so also a barrier after the writes
+    comm.barrier()
+
+    if rank == 0:
+        write_manifest(os.path.join(save_dir, temporary_tag), iteration=iteration, layout=layout,
+                       parameters=parameters, training=training, versions=versions(),
+                       config=client_state[CLIENT_STATE_KEY]["config"])
+        _publish(save_dir, temporary_tag, tag)
+        if keep_last:
+            prune_checkpoints(save_dir, keep_last)
+    comm.barrier()
+    return os.path.join(save_dir, tag)

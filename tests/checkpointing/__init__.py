@@ -1,0 +1,1 @@
+"""Checkpoint tests: exact resume, resharding, faults, safe loading, conversion."""
