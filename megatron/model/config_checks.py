@@ -57,6 +57,10 @@ def validate_model_config(config) -> None:
     divide(config.num_attention_heads, tp, "number of attention heads (num_attention_heads)")
     # Each TP rank must own whole key/value groups (see attention.py for the fused QKV layout).
     divide(kv_heads, tp, "number of key/value heads (num_key_value_heads)")
+    if config.ffn_hidden_size is None:
+        raise ValueError(f"ffn_hidden_size is unset (ModelConfig leaves it unset when the SwiGLU default, 8/3 * "
+                         f"hidden_size {config.hidden_size} rounded down to a multiple of 64, is 0); pass "
+                         f"--ffn-hidden-size")
     divide(config.ffn_hidden_size, tp, "MLP hidden size (ffn_hidden_size)")
     vocab = padded_vocab_size(config)
     if vocab % tp != 0:

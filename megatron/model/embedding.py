@@ -18,7 +18,7 @@ from megatron.core.tensor_parallel import (
     mark_replicated,
     scatter_to_sequence_parallel_region,
 )
-from megatron.model.config_checks import padded_vocab_size
+from megatron.model.config_checks import effective_sequence_parallel, padded_vocab_size
 from megatron.model.dropout import tensor_parallel_dropout
 
 
@@ -48,7 +48,7 @@ class Embedding(nn.Module):
     def __init__(self, config, *, sequence_parallel: bool = False, params_dtype: torch.dtype = torch.float32):
         super().__init__()
         init_method = init_method_normal(config.init_method_std)
-        self.sequence_parallel = sequence_parallel
+        self.sequence_parallel = effective_sequence_parallel(sequence_parallel)
         self.word_embeddings = VocabParallelEmbedding(padded_vocab_size(config), config.hidden_size,
                                                       init_method=init_method, params_dtype=params_dtype)
         if config.position_embedding_type == "learned_absolute":

@@ -116,11 +116,13 @@ class GPTModel(nn.Module):
             raise ValueError("GPTModel with pre_process=False needs the previous stage's hidden_states "
                              "[s(/tp), b, h] (keyword argument)")
 
-        for layer in self.layers:
-            if self.recompute_granularity == "full":
-                checkpoint = checkpoint_sharded_inputs if self.sequence_parallel else checkpoint_replicated_inputs
+        if self.recompute_granularity == "full":
+            # A layer's input is TP-replicated, except under sequence parallelism (this rank's s/tp slice).
+            checkpoint = checkpoint_sharded_inputs if self.sequence_parallel else checkpoint_replicated_inputs
+            for layer in self.layers:
                 hidden_states = checkpoint(layer, hidden_states, position_ids, attention_mask)
-            else:
+        else:
+            for layer in self.layers:
                 hidden_states = layer(hidden_states, position_ids, attention_mask)
 
         if not self.post_process:

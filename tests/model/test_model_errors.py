@@ -17,6 +17,7 @@ from tests.model.twins import build_model, make_batch, tiny_config
                                r"tensor-model-parallel size 2"),
     (dict(num_attention_heads=8, num_key_value_heads=3), r"num_attention_heads 8 is not a multiple of "
                                                          r"num_key_value_heads 3"),
+    (dict(hidden_size=16), r"ffn_hidden_size is unset .* pass --ffn-hidden-size"),
     (dict(seq_length=32, max_position_embeddings=16), r"max_position_embeddings 16 is shorter than seq_length 32"),
 ])
 @distributed_test(world_size=2)
