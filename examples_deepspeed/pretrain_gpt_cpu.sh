@@ -13,7 +13,7 @@ exec deepspeed --num_gpus 2 --master_port "${MASTER_PORT:-29512}" pretrain_gpt_d
   --model-family gpt --num-layers 4 --hidden-size 256 --num-attention-heads 8 \
   --seq-length 256 --max-position-embeddings 256 \
   --micro-batch-size 8 --global-batch-size 16 \
-  --train-iters 300 --lr 2e-3 --min-lr 2e-4 --lr-warmup-iters 30 --lr-decay-style cosine \
+  --train-iters 200 --lr 2e-3 --min-lr 2e-4 --lr-warmup-iters 20 --lr-decay-style cosine \
   --weight-decay 0.1 --clip-grad 1.0 \
   --tensor-model-parallel-size 2 \
   --log-interval 10 --eval-interval 100 --eval-iters 4 \

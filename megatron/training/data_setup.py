@@ -8,7 +8,7 @@ from megatron.config import RunConfig
 from megatron.core import comm
 from megatron.core import parallel_state as ps
 from megatron.data import (build_pretraining_data_loader, build_tokenizer, build_train_valid_test_datasets,
-                           prepare_builtin_corpus)
+                           prepare_builtin_corpus, unigram_entropy)
 
 BUILTIN_CORPUS_VOCAB = 8000
 
@@ -60,6 +60,8 @@ def build_training_data(config: RunConfig, printer=print) -> TrainingData:
                                                          log=printer)
         tokenizer = build_tokenizer("SentencePieceTokenizer", tokenizer_model=tokenizer_model)
         data_path = [prefix]
+        printer(f"> built-in corpus unigram entropy: {unigram_entropy(prefix):.3f} nats/token (the loss of a model "
+                f"that learns token frequencies only; training should go well below it)")
 
     global_batch = config.deepspeed_config["train_batch_size"]
     evaluations = training.train_iters // training.eval_interval + 1 if training.eval_interval else 0

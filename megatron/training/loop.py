@@ -102,7 +102,8 @@ def train(engine, *, state: TrainState, train_iters: int, gradient_accumulation_
         if not skipped:
             _check_finite(loss, state.iteration)
         state.losses.append(loss)
-        loss_scale = getattr(engine, "_get_optimizer_loss_scale", lambda: None)()
+        # Only fp16 has a dynamic loss scale; DeepSpeed reports 1.0 otherwise, which would read as a value.
+        loss_scale = engine._get_optimizer_loss_scale() if engine.fp16_enabled() else None
         progress.record_step(state.iteration, loss, engine.get_lr()[0], grad_norm, loss_scale, skipped)
 
         if eval_interval and valid_batches is not None and state.iteration % eval_interval == 0:

@@ -60,7 +60,8 @@ def pretrain(config: RunConfig, printer=log_rank0) -> TrainState:
     printer(f"> model: {sum(p.numel() for p in engine.module.parameters())} parameters on this rank; "
             f"global batch {global_batch} = micro {engine.train_micro_batch_size_per_gpu()} x grad acc "
             f"{engine.gradient_accumulation_steps()} x DP {ps.get_data_parallel_world_size()}; ZeRO stage "
-            f"{engine.zero_optimization_stage()}; MFU peak {peak if peak else 'n/a'} TFLOP/s/device ({peak_source})")
+            f"{engine.zero_optimization_stage()}; MFU against a peak of "
+            f"{format(peak, '.3f') if peak else 'n/a'} TFLOP/s/device ({peak_source})")
     progress = ProgressLog(log_interval=config.logging.log_interval, throughput=throughput,
                            metrics_file=metrics_path(config), tensorboard_dir=config.logging.tensorboard_dir,
                            is_writer=comm.get_rank() == 0, printer=printer)
