@@ -17,6 +17,7 @@ with :class:`UnsafeCheckpointError` before a single object of it is built.
 
 import contextlib
 import pickle
+import re
 import threading
 
 import torch
@@ -50,17 +51,25 @@ def safe_torch_load(path, map_location="cpu", mmap=None):
         with torch.serialization.safe_globals(DEEPSPEED_SAFE_GLOBALS):
             return _original_torch_load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
-        reason = str(error).split("\n\n")[0].strip()
         raise UnsafeCheckpointError(
-            f"refusing to load {path}: it holds objects that only arbitrary code could rebuild, so it may be "
-            f"malicious or was not written by megatron-ds/DeepSpeed. Nothing from it was executed. "
-            f"torch says: {reason}") from None
+            f"refusing to load {path}: it holds objects that only arbitrary code could rebuild "
+            f"({_refused_global(str(error))}), so it may be malicious or was not written by megatron-ds/DeepSpeed. "
+            f"Nothing from it was executed. Do not load it with weights_only=False unless you wrote it") from None
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint file {path} is missing: the checkpoint is incomplete; resume from "
                               f"another one (see the `latest` file in its folder)") from None
     except (RuntimeError, EOFError, OSError) as error:
         raise CheckpointError(f"checkpoint file {path} is unreadable ({error}); it is truncated or corrupt: "
                               f"resume from another checkpoint") from error
+
+
+def _refused_global(message: str) -> str:
+    """The global torch refused (e.g. `builtins.exec`), without torch's advice to allowlist it."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    if found:
+        return f"it needs `{found.group(1)}`"
+    found = re.search(r"WeightsUnpickler error: ([^\n]+)", message)
+    return found.group(1).split(". ")[0] if found else "an object outside the weights-only allowlist"
 
 
 class SafeCheckpointEngine(TorchCheckpointEngine):

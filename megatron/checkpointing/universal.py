@@ -85,7 +85,7 @@ def _run_ds_to_universal(source: str, working: str):
     os.makedirs(working, exist_ok=True)
     # ds_to_universal calls torch.load(weights_only=False) on every shard; route each through the safe loader.
     with weights_only_torch_load(), open(log_path, "w") as log_file, \
-            contextlib.redirect_stdout(log_file):
+            contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file):
         ds_to_universal.main(args)
     shutil.move(log_path, os.path.join(working, "ds_to_universal.log"))
 

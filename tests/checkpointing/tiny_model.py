@@ -19,13 +19,13 @@ VOCAB, HIDDEN, FFN, LAYERS, SEQ = 64, 16, 32, 2, 8
 
 
 class TinyBlock(nn.Module):
-    def __init__(self, dropout: float):
+    def __init__(self, dropout: float, ffn: int):
         super().__init__()
         self.norm = nn.LayerNorm(HIDDEN)
         mark_replicated(self.norm.weight)
         mark_replicated(self.norm.bias)
-        self.fc1 = ColumnParallelLinear(HIDDEN, FFN)
-        self.fc2 = RowParallelLinear(FFN, HIDDEN, input_is_parallel=True)
+        self.fc1 = ColumnParallelLinear(HIDDEN, ffn)
+        self.fc2 = RowParallelLinear(ffn, HIDDEN, input_is_parallel=True)
         self.dropout = dropout
 
     def forward(self, x):  # x: [b, s, h], replicated over TP
@@ -38,10 +38,10 @@ class TinyBlock(nn.Module):
 class TinyLM(nn.Module):
     """forward(tokens [b, s], labels=[b, s]) -> per-token loss [b, s] (GPTModel's training signature)."""
 
-    def __init__(self, dropout: float = 0.1):
+    def __init__(self, dropout: float = 0.1, ffn: int = FFN):
         super().__init__()
         self.embedding = VocabParallelEmbedding(VOCAB, HIDDEN)
-        self.layers = nn.ModuleList(TinyBlock(dropout) for _ in range(LAYERS))
+        self.layers = nn.ModuleList(TinyBlock(dropout, ffn) for _ in range(LAYERS))
         self.final_norm = nn.LayerNorm(HIDDEN)
         mark_replicated(self.final_norm.weight)
         mark_replicated(self.final_norm.bias)

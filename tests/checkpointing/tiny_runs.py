@@ -15,14 +15,14 @@ from megatron.training.loop import TrainState, train
 from megatron.training.lr_schedule import WarmupDecayLR
 from megatron.training.optimizer import build_optimizer
 from megatron.training.progress_log import ProgressLog, ThroughputModel
-from tests.checkpointing.tiny_model import TinyLM, micro_batches
+from tests.checkpointing.tiny_model import FFN, TinyLM, micro_batches
 
 GLOBAL_BATCH, MICRO = 8, 2
 SEED = 1234
 TOTAL_STEPS = 6
 
 
-def build_tiny_engine(tp: int = 1, zero: int = 1, *, dropout: float = 0.1, seed: int = SEED):
+def build_tiny_engine(tp: int = 1, zero: int = 1, *, dropout: float = 0.1, seed: int = SEED, ffn: int = FFN):
     """A fresh engine at TP=tp (DP = the rest of the world) with ZeRO stage ``zero``."""
     ps.initialize_model_parallel(tensor_model_parallel_size=tp)
     set_random_seed(seed)
@@ -34,9 +34,9 @@ def build_tiny_engine(tp: int = 1, zero: int = 1, *, dropout: float = 0.1, seed:
     if zero == 3:
         with deepspeed.zero.Init(data_parallel_group=ps.get_data_parallel_group(), mpu=mpu,
                                  config_dict_or_path=config):
-            model = TinyLM(dropout)
+            model = TinyLM(dropout, ffn)
     else:
-        model = TinyLM(dropout)
+        model = TinyLM(dropout, ffn)
     optimizer = build_optimizer(model, lr=3e-3, weight_decay=0.01, betas=(0.9, 0.95), eps=1e-8, cpu_offload=False)
 
     def schedule(opt):
