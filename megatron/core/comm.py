@@ -31,11 +31,10 @@ def init_distributed(backend=None, timeout_minutes=30):
     Works under the ``deepspeed`` launcher, ``torchrun`` (env://) and ``mpirun`` (DeepSpeed's MPI discovery
     fills RANK/WORLD_SIZE from mpi4py when they are missing). Single-process runs get a world of one.
     """
-    if not torch.distributed.is_initialized():
+    if not torch.distributed.is_initialized() and _single_process_launch():
         for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"),
                            ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")):
-            if key not in os.environ and _single_process_launch():
-                os.environ[key] = value
+            os.environ.setdefault(key, value)
     deepspeed.init_distributed(dist_backend=backend or default_backend(),
                                timeout=datetime.timedelta(minutes=timeout_minutes))
 
