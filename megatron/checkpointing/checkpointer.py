@@ -12,13 +12,10 @@ from typing import Optional
 
 import torch
 
-from megatron.checkpointing.save import save_checkpoint
+from megatron.checkpointing.load import ResumePoint, load_checkpoint
+from megatron.checkpointing.save import print_rank0, save_checkpoint
 from megatron.core import comm
 
-
-def print_rank0(message: str):
-    if comm.get_rank() == 0:
-        print(message, flush=True)
 
 EXIT_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -45,6 +42,35 @@ class Checkpointer:
         self.last_saved_iteration: Optional[int] = None
         self.received_signal: Optional[int] = None
         self._previous_handlers = {}
+
+    @classmethod
+    def from_config(cls, engine, config, log=None) -> "Checkpointer":
+        """From a RunConfig's --save / --save-interval / --keep-last (the config is stored in each save)."""
+        checkpoint = config.checkpoint
+        return cls(engine, checkpoint.save, save_interval=checkpoint.save_interval, keep_last=checkpoint.keep_last,
+                   config=config, tokens_per_sample=config.model.seq_length, log=log)
+
+    def resume(self) -> Optional[ResumePoint]:
+        """Load --load as the config asks (--finetune, --no-load-optim, --no-load-rng, --universal-checkpoint);
+        None without --load or when the folder holds no checkpoint yet. The random streams come back with
+        :meth:`restore_rng`."""
+        checkpoint = self.config.checkpoint
+        if not checkpoint.load:
+            return None
+        resumed = load_checkpoint(self.engine, checkpoint.load, finetune=checkpoint.finetune,
+                                  no_load_optim=checkpoint.no_load_optim, no_load_rng=checkpoint.no_load_rng,
+                                  universal=checkpoint.universal_checkpoint, restore_rng=False, log=self.log)
+        if resumed is not None:
+            self.last_saved_iteration = resumed.iteration if not checkpoint.finetune else None
+        self._resumed = resumed
+        return resumed
+
+    def restore_rng(self):
+        """Restore the random streams of the resumed checkpoint. Call it after everything that draws random
+        numbers at start-up and not at a resume point (building the data iterator draws one number from
+        torch's default generator), right before the first step."""
+        if getattr(self, "_resumed", None) is not None:
+            self._resumed.restore_rng()
 
     # --- signals -----------------------------------------------------------------------------------
     def __enter__(self):
@@ -95,7 +121,3 @@ class Checkpointer:
         """The end-of-training save (skipped if this iteration is already saved, or nothing was trained)."""
         if state.iteration > 0:
             self.save(state)
-
-    def mark_loaded(self, iteration: int):
-        """A resumed run need not re-save the iteration it loaded."""
-        self.last_saved_iteration = iteration

@@ -15,14 +15,13 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from megatron.checkpointing.checkpointer import print_rank0
 from megatron.checkpointing.manifest import (compare_parameters, manifest_layout, read_manifest,
                                              verify_files)
 from megatron.checkpointing.parameters import global_parameter_table
 from megatron.checkpointing.rng_state import load_rng_state
 from megatron.checkpointing.safe_load import (CheckpointError, install_safe_checkpoint_engine, safe_torch_load,
                                               weights_only_torch_load)
-from megatron.checkpointing.save import CLIENT_STATE_KEY, current_layout, read_latest
+from megatron.checkpointing.save import CLIENT_STATE_KEY, current_layout, print_rank0, read_latest
 from megatron.checkpointing.universal import ensure_universal, universal_model_state_file
 from megatron.checkpointing.universal_load import load_universal_into_engine
 from megatron.core import comm
@@ -36,7 +35,12 @@ class ResumePoint:
     consumed_train_tokens: Optional[int]
     folder: str
     saved_config: Optional[dict]
-    rng_restored: bool
+    rng_available: bool  # the checkpoint holds this rank's random streams for this layout
+
+    def restore_rng(self):
+        """Put every random stream of this rank back where it was at the save (no-op if unavailable)."""
+        if self.rng_available:
+            load_rng_state(self.folder, comm.get_rank())
 
 
 def find_checkpoint(load_dir: str) -> Optional[str]:
@@ -99,12 +103,16 @@ def _load_ours(engine, folder: str, *, load_optimizer: bool, load_scheduler: boo
 
 def load_checkpoint(engine, load_dir: str, *, finetune: bool = False, no_load_optim: bool = False,
                     no_load_rng: bool = False, universal: bool = False,
-                    source_name: Optional[Callable[[str], str]] = None, log=None) -> Optional[ResumePoint]:
+                    source_name: Optional[Callable[[str], str]] = None, restore_rng: bool = True,
+                    log=None) -> Optional[ResumePoint]:
     """Resume ``engine`` from the newest checkpoint in ``load_dir``; None when there is none (fresh start).
 
     A collective: every rank calls it. ``finetune`` loads weights only and restarts at iteration 0;
     ``universal`` reshards from any saved layout. ``source_name`` maps this model's parameter names to the
-    checkpoint's when their forms differ (pipeline vs plain); it implies resharding.
+    checkpoint's when their forms differ (pipeline vs plain); it implies resharding. With
+    ``restore_rng=False`` the random streams are left for the caller to restore (``ResumePoint.restore_rng``)
+    at the moment that matches the save, e.g. after building a DataLoader iterator, which draws from torch's
+    default generator.
     """
     log = log or print_rank0
     folder = find_checkpoint(load_dir)
@@ -143,15 +151,16 @@ def load_checkpoint(engine, load_dir: str, *, finetune: bool = False, no_load_op
                                 load_scheduler=not finetune, module_only=finetune)
 
     training = state.get(CLIENT_STATE_KEY) or manifest["training"]
-    restore_rng = not (finetune or no_load_rng) and saved_layout == layout and not reshard
-    if restore_rng:
-        load_rng_state(folder, comm.get_rank())
-    elif not (finetune or no_load_rng):
+    rng_available = not (finetune or no_load_rng) and saved_layout == layout and not reshard
+    if not rng_available and not (finetune or no_load_rng):
         log(f"> RNG states not restored: {folder} was saved with {saved_layout.describe()}, this run is "
             f"{layout.describe()}; random streams continue from this run's seed")
     log(f"> loaded {folder} (iteration {training['iteration']}, {saved_layout.describe()}"
         f"{', resharded' if reshard else ''}{', weights only (finetune)' if finetune else ''})")
     if finetune:
         return ResumePoint(0, 0, 0, folder, manifest.get("config"), False)
-    return ResumePoint(int(training["iteration"]), int(training["consumed_train_samples"]),
-                       training.get("consumed_train_tokens"), folder, manifest.get("config"), restore_rng)
+    resumed = ResumePoint(int(training["iteration"]), int(training["consumed_train_samples"]),
+                          training.get("consumed_train_tokens"), folder, manifest.get("config"), rng_available)
+    if restore_rng:
+        resumed.restore_rng()
+    return resumed

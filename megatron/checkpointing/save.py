@@ -37,6 +37,11 @@ CLIENT_STATE_KEY = "megatron_ds"
 _TAG_PATTERN = re.compile(r"^global_step(\d+)$")
 
 
+def print_rank0(message: str):
+    if comm.get_rank() == 0:
+        print(message, flush=True)
+
+
 def tag_for(iteration: int) -> str:
     return f"global_step{iteration}"
 

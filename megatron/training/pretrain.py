@@ -3,6 +3,7 @@
 import os
 from typing import Optional
 
+from megatron.checkpointing import Checkpointer
 from megatron.config import RunConfig
 from megatron.core import comm
 from megatron.core import parallel_state as ps
@@ -65,16 +66,24 @@ def pretrain(config: RunConfig, printer=log_rank0) -> TrainState:
     progress = ProgressLog(log_interval=config.logging.log_interval, throughput=throughput,
                            metrics_file=metrics_path(config), tensorboard_dir=config.logging.tensorboard_dir,
                            is_writer=comm.get_rank() == 0, printer=printer)
-    state = TrainState()
-    try:
-        train(engine, state=state, train_iters=training.train_iters,
-              gradient_accumulation_steps=engine.gradient_accumulation_steps(), global_batch_size=global_batch,
-              train_batches=data.train_batches(state.consumed_train_samples), progress=progress,
-              eval_interval=training.eval_interval, eval_iters=training.eval_iters,
-              valid_batches=data.valid_batches, exit_interval=training.exit_interval,
-              exit_duration_in_mins=training.exit_duration_in_mins)
-    finally:
-        progress.close()
+    # --load / --save / --save-interval / --keep-last; SIGTERM or SIGINT saves and stops the loop.
+    checkpointer = Checkpointer.from_config(engine, config, log=printer)
+    resumed = checkpointer.resume()
+    state = TrainState() if resumed is None else TrainState(iteration=resumed.iteration,
+                                                            consumed_train_samples=resumed.consumed_train_samples)
+    train_batches = data.train_batches(state.consumed_train_samples)
+    checkpointer.restore_rng()  # after the DataLoader iterator, which draws from torch's RNG when created
+    with checkpointer:
+        try:
+            train(engine, state=state, train_iters=training.train_iters,
+                  gradient_accumulation_steps=engine.gradient_accumulation_steps(),
+                  global_batch_size=global_batch, train_batches=train_batches, progress=progress,
+                  eval_interval=training.eval_interval, eval_iters=training.eval_iters,
+                  valid_batches=data.valid_batches, exit_interval=training.exit_interval,
+                  exit_duration_in_mins=training.exit_duration_in_mins, on_iteration_end=checkpointer)
+        finally:
+            progress.close()
+        checkpointer.finish(state)
     state.history = progress.history
     engine.destroy()
     ps.destroy_model_parallel()

@@ -34,7 +34,7 @@ def _interrupt_and_resume(zero, save_dir):
     scramble_rng()
     resumed = load_checkpoint(engine, save_dir, log=lambda _: None)
     assert resumed.iteration == SAVE_AT and resumed.consumed_train_samples == SAVE_AT * 8
-    assert resumed.rng_restored
+    assert resumed.rng_available
     state = TrainState(iteration=resumed.iteration, consumed_train_samples=resumed.consumed_train_samples)
     state = run_steps(engine, state, TOTAL_STEPS)
     assert state.losses == expected[SAVE_AT:], (state.losses, expected[SAVE_AT:])
