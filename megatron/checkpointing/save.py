@@ -25,6 +25,7 @@ import torch
 
 import megatron
 from megatron.checkpointing.manifest import Layout, write_manifest
+from megatron.checkpointing.optimizer_state import ensure_adam_state
 from megatron.checkpointing.parameters import global_parameter_table, universal_checkpoint_info
 from megatron.checkpointing.rng_state import save_rng_state
 from megatron.core import comm
@@ -172,6 +173,8 @@ def save_checkpoint(engine, save_dir: str, *, iteration: int, consumed_train_sam
         "universal_checkpoint_info": universal_checkpoint_info(engine.module),
         "iteration": iteration,
     }
+    if engine.zero_optimization_stage() == 3:
+        ensure_adam_state(engine)  # a ZeRO-3 save before the first step would have empty optimizer shards
     engine.save_checkpoint(save_dir, tag=temporary_tag, client_state=client_state, save_latest=False)
     save_rng_state(os.path.join(save_dir, temporary_tag), rank)
     parameters = global_parameter_table(engine.module)  # a collective, so also a barrier after the writes

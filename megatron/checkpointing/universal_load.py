@@ -21,6 +21,7 @@ import deepspeed
 import torch
 from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
+from megatron.checkpointing.optimizer_state import ensure_adam_state
 from megatron.checkpointing.safe_load import CheckpointError, safe_torch_load
 from megatron.checkpointing.parameters import local_shape
 from megatron.checkpointing.universal import universal_step
@@ -90,22 +91,6 @@ def _write_plain(param, values: dict, optimizer, step):
                                   "exp_avg_sq": values["exp_avg_sq"].clone()}
 
 
-def _ensure_adam_state(engine):
-    """Adam creates its moments at the first step; a resume before any step must create them to fill them."""
-    base = getattr(engine.optimizer, "optimizer", None)
-    if base is None:
-        return
-    # ZeRO-3 hands its flat fp32 partitions to the torch optimizer only inside step(); ZeRO-1/2 keep them in
-    # the param groups.
-    flats = getattr(engine.optimizer, "fp32_partitioned_groups_flat", None)
-    if flats is None:
-        flats = [flat for group in base.param_groups for flat in group["params"]]
-    for flat in flats:
-        if not base.state.get(flat):
-            base.state[flat] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(flat),
-                                "exp_avg_sq": torch.zeros_like(flat)}
-
-
 def _set_zero_step(engine, step):
     """ZeRO keeps one Adam state per flat partition; every one gets the checkpoint's step count."""
     base = getattr(engine.optimizer, "optimizer", None)
@@ -126,7 +111,7 @@ def load_universal_into_engine(engine, folder: str, *, load_optimizer: bool,
     """
     zero_stage = engine.zero_optimization_stage()
     if load_optimizer and zero_stage > 0:
-        _ensure_adam_state(engine)
+        ensure_adam_state(engine)
     step = None
     for name, param in engine.module.named_parameters():
         stored_name = source_name(name) if source_name else name
