@@ -13,15 +13,15 @@ Loading paths:
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 from megatron.checkpointing.manifest import (compare_parameters, manifest_layout, read_manifest,
                                              verify_files)
-from megatron.checkpointing.parameters import global_parameter_table
+from megatron.checkpointing.parameters import global_parameter_table, model_name_function
 from megatron.checkpointing.rng_state import load_rng_state
 from megatron.checkpointing.safe_load import (CheckpointError, install_safe_checkpoint_engine, safe_torch_load,
                                               weights_only_torch_load)
-from megatron.checkpointing.save import CLIENT_STATE_KEY, current_layout, print_rank0, read_latest
+from megatron.checkpointing.save import CLIENT_STATE_KEY, current_layout, deepspeed_engine, print_rank0, read_latest
 from megatron.checkpointing.universal import ensure_universal, universal_model_state_file
 from megatron.checkpointing.universal_load import load_universal_into_engine
 from megatron.core import comm
@@ -88,9 +88,9 @@ def _load_deepspeed(engine, load_dir: str, tag: str, *, universal: bool, load_op
     return client_state or {}
 
 
-def _load_ours(engine, folder: str, *, load_optimizer: bool, load_scheduler: bool,
-               source_name: Optional[Callable[[str], str]]) -> dict:
-    load_universal_into_engine(engine, folder, load_optimizer=load_optimizer, source_name=source_name)
+def _load_ours(engine, folder: str, *, load_optimizer: bool, load_scheduler: bool) -> dict:
+    load_universal_into_engine(engine, folder, load_optimizer=load_optimizer,
+                               source_name=model_name_function(engine.module))
     state = safe_torch_load(universal_model_state_file(folder))
     if load_scheduler and engine.lr_scheduler is not None and state.get("lr_scheduler") is not None:
         engine.lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -102,19 +102,19 @@ def _load_ours(engine, folder: str, *, load_optimizer: bool, load_scheduler: boo
 
 
 def load_checkpoint(engine, load_dir: str, *, finetune: bool = False, no_load_optim: bool = False,
-                    no_load_rng: bool = False, universal: bool = False,
-                    source_name: Optional[Callable[[str], str]] = None, restore_rng: bool = True,
+                    no_load_rng: bool = False, universal: bool = False, restore_rng: bool = True,
                     log=None) -> Optional[ResumePoint]:
     """Resume ``engine`` from the newest checkpoint in ``load_dir``; None when there is none (fresh start).
 
     A collective: every rank calls it. ``finetune`` loads weights only and restarts at iteration 0;
-    ``universal`` reshards from any saved layout. ``source_name`` maps this model's parameter names to the
-    checkpoint's when their forms differ (pipeline vs plain); it implies resharding. With
+    ``universal`` reshards from any saved layout, including between the plain model and its pipeline forms
+    (parameters are matched by GPTModel names, see parameters.py). With
     ``restore_rng=False`` the random streams are left for the caller to restore (``ResumePoint.restore_rng``)
     at the moment that matches the save, e.g. after building a DataLoader iterator, which draws from torch's
     default generator.
     """
     log = log or print_rank0
+    engine = deepspeed_engine(engine)
     folder = find_checkpoint(load_dir)
     if folder is None:
         log(f"> no checkpoint in {load_dir} (no `latest` file): starting from scratch")
@@ -124,14 +124,12 @@ def load_checkpoint(engine, load_dir: str, *, finetune: bool = False, no_load_op
     verify_files(folder, manifest)
     saved_layout, layout = manifest_layout(manifest), current_layout(engine)
     parameters = global_parameter_table(engine.module)
-    if source_name is not None:
-        parameters = {source_name(name): value for name, value in parameters.items()}
     compare_parameters(folder, manifest["parameters"], parameters,
                        same_tp=saved_layout.tensor_model_parallel_size == layout.tensor_model_parallel_size)
 
     load_optimizer = not (finetune or no_load_optim)
     # DeepSpeed loads ZeRO-3 weights without optimizer state through zero_to_fp32, which refuses TP > 1.
-    reshard = universal or source_name is not None or (layout.zero_stage == 3 and not load_optimizer)
+    reshard = universal or (layout.zero_stage == 3 and not load_optimizer)
     if not reshard and _needs_resharding(saved_layout, layout, load_optimizer):
         raise CheckpointError(f"checkpoint {folder} was saved with {saved_layout.describe()}, this run is "
                               f"{layout.describe()}: pass --universal-checkpoint to reshard it (converted once, "
@@ -139,19 +137,22 @@ def load_checkpoint(engine, load_dir: str, *, finetune: bool = False, no_load_op
 
     if reshard:
         universal_folder = ensure_universal(load_dir, tag, log=log)
-        if layout.zero_stage in (1, 2) and source_name is None:
+        # DeepSpeed's universal loader finds parameters by this module's own names, which are the folder's
+        # (GPTModel names) only for the plain model; pipeline forms and ZeRO-0/3 go through ours.
+        plain_names = not callable(getattr(engine.module, "to_model_name", None))
+        if layout.zero_stage in (1, 2) and load_optimizer and plain_names:
             state = _load_deepspeed(engine, load_dir, os.path.basename(universal_folder), universal=True,
                                     load_optimizer=load_optimizer, load_scheduler=not finetune,
                                     module_only=finetune)
         else:
             state = _load_ours(engine, universal_folder, load_optimizer=load_optimizer,
-                               load_scheduler=not finetune, source_name=source_name)
+                               load_scheduler=not finetune)
     else:
         state = _load_deepspeed(engine, load_dir, tag, universal=False, load_optimizer=load_optimizer,
                                 load_scheduler=not finetune, module_only=finetune)
 
     training = state.get(CLIENT_STATE_KEY) or manifest["training"]
-    rng_available = not (finetune or no_load_rng) and saved_layout == layout and not reshard
+    rng_available = not (finetune or no_load_rng) and saved_layout == layout
     if not rng_available and not (finetune or no_load_rng):
         log(f"> RNG states not restored: {folder} was saved with {saved_layout.describe()}, this run is "
             f"{layout.describe()}; random streams continue from this run's seed")

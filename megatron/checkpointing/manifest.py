@@ -44,7 +44,9 @@ def list_files(folder: str) -> Dict[str, int]:
 
 
 def write_manifest(folder: str, *, iteration: int, layout: Layout, parameters: Dict[str, dict],
-                   training: dict, versions: dict, config: Optional[dict]):
+                   pipeline_names: Dict[str, Dict[str, str]], training: dict, versions: dict,
+                   config: Optional[dict]):
+    """``parameters`` by model name; ``pipeline_names``: {pipeline rank: {saved name: model name}}."""
     manifest = {
         "format_version": MANIFEST_FORMAT_VERSION,
         "iteration": iteration,
@@ -52,6 +54,7 @@ def write_manifest(folder: str, *, iteration: int, layout: Layout, parameters: D
         "training": training,
         "versions": versions,
         "parameters": parameters,
+        "pipeline_names": pipeline_names,
         "files": list_files(folder),
         "config": config,
     }

@@ -26,7 +26,8 @@ import torch
 import megatron
 from megatron.checkpointing.manifest import Layout, write_manifest
 from megatron.checkpointing.optimizer_state import ensure_adam_state
-from megatron.checkpointing.parameters import global_parameter_table, universal_checkpoint_info
+from megatron.checkpointing.parameters import (global_parameter_table, global_universal_checkpoint_info,
+                                               pipeline_name_maps)
 from megatron.checkpointing.rng_state import save_rng_state
 from megatron.core import comm
 from megatron.core import parallel_state as ps
@@ -135,6 +136,13 @@ def _remove_leftovers(save_dir: str):
             shutil.rmtree(os.path.join(save_dir, name), ignore_errors=True)
 
 
+def deepspeed_engine(engine):
+    """The DeepSpeed engine itself, also when wrapped by a Megatron-schedule pipeline (``.engine``)."""
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    return engine if isinstance(engine, DeepSpeedEngine) else engine.engine
+
+
 def _optimizer_parameter_names(engine) -> Optional[List[List[str]]]:
     """Names of a plain torch optimizer's parameters, group by group: its state_dict keys them by position
     only, and the ZeRO-0 universal conversion needs to know which state belongs to which parameter."""
@@ -155,6 +163,7 @@ def save_checkpoint(engine, save_dir: str, *, iteration: int, consumed_train_sam
     """
     if not save_dir:
         raise ValueError("save_checkpoint needs a folder: pass --save DIR")
+    engine = deepspeed_engine(engine)
     tag, temporary_tag = tag_for(iteration), tag_for(iteration) + INCOMPLETE_SUFFIX
     rank = comm.get_rank()
     if rank == 0:
@@ -170,7 +179,7 @@ def save_checkpoint(engine, save_dir: str, *, iteration: int, consumed_train_sam
                            "config": config.to_dict() if config is not None else None,
                            "optimizer_parameter_names": _optimizer_parameter_names(engine)},
         # Read by DeepSpeed's ds_to_universal; our dict overrides the bound method DeepSpeed would store.
-        "universal_checkpoint_info": universal_checkpoint_info(engine.module),
+        "universal_checkpoint_info": global_universal_checkpoint_info(engine.module),
         "iteration": iteration,
     }
     if engine.zero_optimization_stage() == 3:
@@ -178,11 +187,12 @@ def save_checkpoint(engine, save_dir: str, *, iteration: int, consumed_train_sam
     engine.save_checkpoint(save_dir, tag=temporary_tag, client_state=client_state, save_latest=False)
     save_rng_state(os.path.join(save_dir, temporary_tag), rank)
     parameters = global_parameter_table(engine.module)  # a collective, so also a barrier after the writes
+    names = pipeline_name_maps(engine.module)
     comm.barrier()
 
     if rank == 0:
         write_manifest(os.path.join(save_dir, temporary_tag), iteration=iteration, layout=layout,
-                       parameters=parameters, training=training, versions=versions(),
+                       parameters=parameters, pipeline_names=names, training=training, versions=versions(),
                        config=client_state[CLIENT_STATE_KEY]["config"])
         _publish(save_dir, temporary_tag, tag)
         if keep_last:

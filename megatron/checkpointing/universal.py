@@ -20,7 +20,7 @@ import glob
 import os
 import re
 import shutil
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -53,16 +53,25 @@ def ensure_universal(load_dir: str, tag: str, log=print) -> str:
 
 
 def convert_to_universal(source: str, target: str, log=print):
-    """Write the universal form of checkpoint folder ``source`` into ``target`` (replaced if present)."""
+    """Write the universal form of checkpoint folder ``source`` into ``target`` (replaced if present).
+
+    Parameter folders are named by GPTModel names, whatever form (plain model, DeepSpeed pipeline module,
+    Megatron-schedule stage chunks) saved the checkpoint.
+    """
     manifest = read_manifest(source)
     layout = manifest_layout(manifest)
     working = target + INCOMPLETE_SUFFIX
     shutil.rmtree(working, ignore_errors=True)
     log(f"> converting {source} ({layout.describe()}) to the universal format in {target}")
+    stage_maps = manifest.get("pipeline_names") or {}
     if layout.zero_stage == 0:
         _convert_zero0(source, working, manifest)
-    else:
+        _rename_to_model_names(working, _union(stage_maps))
+    elif _names_are_global(stage_maps):
         _run_ds_to_universal(source, working)
+        _rename_to_model_names(working, _union(stage_maps))
+    else:
+        _convert_stage_by_stage(source, working, layout, stage_maps)
     shutil.copy2(os.path.join(source, MANIFEST_NAME), os.path.join(working, "source_" + MANIFEST_NAME))
     with open(os.path.join(working, DONE_MARKER), "w") as handle:
         handle.write(f'{{"source": "{os.path.basename(source)}"}}\n')
@@ -73,6 +82,70 @@ def convert_to_universal(source: str, target: str, log=print):
     if os.path.exists(latest_universal):
         with open(latest_universal, "w") as handle:
             handle.write(os.path.basename(target))
+
+
+def _union(stage_maps: Dict[str, Dict[str, str]]) -> Dict[str, str]:
+    merged: Dict[str, str] = {}
+    for names in stage_maps.values():
+        merged.update(names)
+    return merged
+
+
+def _names_are_global(stage_maps: Dict[str, Dict[str, str]]) -> bool:
+    """True when each saved name means one parameter on every stage (plain model, DeepSpeed pipeline module);
+    False for Megatron-schedule stages, whose local names ('chunks.0.layers.0...') repeat across stages."""
+    seen: Dict[str, str] = {}
+    for names in stage_maps.values():
+        for saved, model in names.items():
+            if seen.setdefault(saved, model) != model:
+                return False
+    return True
+
+
+def _move_to_model_names(source_zero: str, target_zero: str, names: Dict[str, str]):
+    """Move each parameter folder ``source_zero/<saved name>`` to ``target_zero/<model name>``. A model name
+    already present is a tied copy (the head's replica of the embedding) holding equal values: dropped."""
+    os.makedirs(target_zero, exist_ok=True)
+    for saved in sorted(os.listdir(source_zero)):
+        path = os.path.join(source_zero, saved)
+        destination = os.path.join(target_zero, names.get(saved, saved))
+        if os.path.isdir(path) and not os.path.exists(destination):
+            os.rename(path, destination)
+        elif os.path.isfile(path) and not os.path.exists(destination):  # optimizer_state.pt
+            os.rename(path, destination)
+
+
+def _rename_to_model_names(folder: str, names: Dict[str, str]):
+    saved_names = os.path.join(folder, "zero.saved_names")
+    os.rename(os.path.join(folder, "zero"), saved_names)
+    _move_to_model_names(saved_names, os.path.join(folder, "zero"), names)
+    shutil.rmtree(saved_names)
+
+
+def _convert_stage_by_stage(source: str, working: str, layout, stage_maps: Dict[str, Dict[str, str]]):
+    """Megatron-schedule pipelines: every stage's files form a TP-only checkpoint (its ``mp_rank_XX`` are
+    pp_rank * TP + tp_rank); ds_to_universal converts each, then names become GPTModel names."""
+    tp = layout.tensor_model_parallel_size
+    os.makedirs(os.path.join(working, "zero"), exist_ok=True)
+    for stage in range(layout.pipeline_model_parallel_size):
+        stage_source, stage_target = working + f".stage{stage}", working + f".stage{stage}.universal"
+        shutil.rmtree(stage_source, ignore_errors=True)
+        os.makedirs(stage_source)
+        for path in glob.glob(os.path.join(source, "*.pt")):
+            match = re.search(r"mp_rank_(\d+)", os.path.basename(path))
+            if match and stage * tp <= int(match.group(1)) < (stage + 1) * tp:
+                local = f"mp_rank_{int(match.group(1)) - stage * tp:02d}"
+                os.symlink(os.path.abspath(path), os.path.join(stage_source, os.path.basename(path).replace(
+                    match.group(0), local)))
+        _run_ds_to_universal(stage_source, stage_target)
+        # The first stage's optimizer_state.pt and model files serve all (scheduler, step, client state).
+        _move_to_model_names(os.path.join(stage_target, "zero"), os.path.join(working, "zero"),
+                             stage_maps[str(stage)])
+        if stage == 0:
+            for path in glob.glob(os.path.join(stage_target, "*model_states.pt")):
+                shutil.copy2(path, working)
+        shutil.rmtree(stage_source)
+        shutil.rmtree(stage_target)
 
 
 def _run_ds_to_universal(source: str, working: str):
