@@ -17,20 +17,12 @@ from megatron.training.lr_schedule import WarmupDecayLR
 from megatron.training.optimizer import build_optimizer, param_groups
 
 
-def warmup_iterations(config: RunConfig) -> int:
-    training = config.training
-    if training.lr_warmup_fraction is not None:
-        return int(training.lr_warmup_fraction * (training.lr_decay_iters or training.train_iters))
-    return training.lr_warmup_iters
-
-
 def _lr_schedule_factory(config: RunConfig):
     training = config.training
 
     def make(optimizer):
         return WarmupDecayLR(optimizer, max_lr=training.lr, min_lr=training.min_lr,
-                             warmup_steps=warmup_iterations(config),
-                             decay_steps=training.lr_decay_iters or training.train_iters,
+                             warmup_steps=training.warmup_iters, decay_steps=training.lr_decay_iters,
                              decay_style=training.lr_decay_style)
     return make
 
