@@ -101,6 +101,19 @@ def _load_ours(engine, folder: str, *, load_optimizer: bool, load_scheduler: boo
     return state
 
 
+def _refresh_derived_state(wrapper):
+    """State a pipeline derives from its parameters rather than holding as parameters must be re-derived
+    after a load: the Megatron-schedule pipeline's last stage reads a replica of the tied embedding table
+    (megatron/pipeline/tied_embedding.py), refreshed from the first stage by a broadcast."""
+    hook = getattr(wrapper, "on_checkpoint_loaded", None)
+    if callable(hook):
+        hook()
+        return
+    tied = getattr(wrapper, "tied", None) if "engine" in getattr(wrapper, "__dict__", {}) else None
+    if tied is not None and callable(getattr(tied, "broadcast_table", None)):
+        tied.broadcast_table()
+
+
 def load_checkpoint(engine, load_dir: str, *, finetune: bool = False, no_load_optim: bool = False,
                     no_load_rng: bool = False, universal: bool = False, restore_rng: bool = True,
                     log=None) -> Optional[ResumePoint]:
@@ -114,7 +127,7 @@ def load_checkpoint(engine, load_dir: str, *, finetune: bool = False, no_load_op
     default generator.
     """
     log = log or print_rank0
-    engine = deepspeed_engine(engine)
+    wrapper, engine = engine, deepspeed_engine(engine)
     folder = find_checkpoint(load_dir)
     if folder is None:
         log(f"> no checkpoint in {load_dir} (no `latest` file): starting from scratch")
@@ -151,6 +164,7 @@ def load_checkpoint(engine, load_dir: str, *, finetune: bool = False, no_load_op
         state = _load_deepspeed(engine, load_dir, tag, universal=False, load_optimizer=load_optimizer,
                                 load_scheduler=not finetune, module_only=finetune)
 
+    _refresh_derived_state(wrapper)
     training = state.get(CLIENT_STATE_KEY) or manifest["training"]
     rng_available = not (finetune or no_load_rng) and saved_layout == layout
     if not rng_available and not (finetune or no_load_rng):

@@ -122,6 +122,20 @@ def _rename_to_model_names(folder: str, names: Dict[str, str]):
     shutil.rmtree(saved_names)
 
 
+def _stage_file(path: str, target: str):
+    """One stage's file as a file of a PP=1 checkpoint: optimizer shards as they are, model-state files with
+    the parallel dimensions DeepSpeed recorded (PP of the whole run) set to one stage."""
+    if "model_states" not in os.path.basename(path):
+        os.symlink(os.path.abspath(path), target)
+        return
+    from deepspeed.checkpoint.constants import CHECKPOINT_PARALLEL_DIMS, CHECKPOINT_PP_DEGREE
+
+    state = safe_torch_load(path)
+    if isinstance(state.get(CHECKPOINT_PARALLEL_DIMS), dict):
+        state[CHECKPOINT_PARALLEL_DIMS] = {**state[CHECKPOINT_PARALLEL_DIMS], CHECKPOINT_PP_DEGREE: 1}
+    torch.save(state, target)
+
+
 def _convert_stage_by_stage(source: str, working: str, layout, stage_maps: Dict[str, Dict[str, str]]):
     """Megatron-schedule pipelines: every stage's files form a TP-only checkpoint (its ``mp_rank_XX`` are
     pp_rank * TP + tp_rank); ds_to_universal converts each, then names become GPTModel names."""
@@ -135,24 +149,24 @@ def _convert_stage_by_stage(source: str, working: str, layout, stage_maps: Dict[
             match = re.search(r"mp_rank_(\d+)", os.path.basename(path))
             if match and stage * tp <= int(match.group(1)) < (stage + 1) * tp:
                 local = f"mp_rank_{int(match.group(1)) - stage * tp:02d}"
-                os.symlink(os.path.abspath(path), os.path.join(stage_source, os.path.basename(path).replace(
-                    match.group(0), local)))
-        _run_ds_to_universal(stage_source, stage_target)
-        # The first stage's optimizer_state.pt and model files serve all (scheduler, step, client state).
+                _stage_file(path, os.path.join(stage_source, os.path.basename(path).replace(match.group(0), local)))
+        # The declaration covers every stage; patterns of the other stages' parameters go unused here.
+        _run_ds_to_universal(stage_source, stage_target, strict=False)
+        # The first stage's optimizer_state.pt serves all stages (Adam's step is global).
         _move_to_model_names(os.path.join(stage_target, "zero"), os.path.join(working, "zero"),
                              stage_maps[str(stage)])
-        if stage == 0:
-            for path in glob.glob(os.path.join(stage_target, "*model_states.pt")):
-                shutil.copy2(path, working)
         shutil.rmtree(stage_source)
         shutil.rmtree(stage_target)
+    # The source's own model files (scheduler, iteration, client state), as DeepSpeed's loader expects them.
+    for path in glob.glob(os.path.join(source, "*model_states.pt")):
+        shutil.copy2(path, working)
 
 
-def _run_ds_to_universal(source: str, working: str):
+def _run_ds_to_universal(source: str, working: str, strict: bool = True):
     from deepspeed.checkpoint import ds_to_universal
 
     args = argparse.Namespace(input_folder=source, output_folder=working, num_extract_workers=1,
-                              num_merge_workers=1, keep_temp_folder=False, strict=True,
+                              num_merge_workers=1, keep_temp_folder=False, strict=strict,
                               inject_missing_state=False)
     log_path = working + ".log"
     os.makedirs(working, exist_ok=True)

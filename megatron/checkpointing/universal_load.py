@@ -112,6 +112,11 @@ def load_universal_into_engine(engine, folder: str, *, load_optimizer: bool,
     zero_stage = engine.zero_optimization_stage()
     if load_optimizer and zero_stage > 0:
         ensure_adam_state(engine)
+        # ZeRO-1/2 tie each parameter's optimizer-state fragments to the flat state after the first step; a
+        # fresh engine must be tied now or safe_set_full_optimizer_state finds nothing to write into.
+        link_fragments = getattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state", None)
+        if callable(link_fragments):
+            link_fragments()
     step = None
     for name, param in engine.module.named_parameters():
         stored_name = source_name(name) if source_name else name
