@@ -22,14 +22,17 @@ SEED = 1234
 TOTAL_STEPS = 6
 
 
-def build_tiny_engine(tp: int = 1, zero: int = 1, *, dropout: float = 0.1, seed: int = SEED, ffn: int = FFN):
-    """A fresh engine at TP=tp (DP = the rest of the world) with ZeRO stage ``zero``."""
+def build_tiny_engine(tp: int = 1, zero: int = 1, *, dropout: float = 0.1, seed: int = SEED, ffn: int = FFN,
+                      bf16: bool = False):
+    """A fresh engine at TP=tp (DP = the rest of the world) with ZeRO stage ``zero`` (fp32 unless bf16)."""
     ps.initialize_model_parallel(tensor_model_parallel_size=tp)
     set_random_seed(seed)
     dp = ps.get_data_parallel_world_size()
     config = {"train_micro_batch_size_per_gpu": MICRO, "gradient_accumulation_steps": GLOBAL_BATCH // (MICRO * dp),
               "train_batch_size": GLOBAL_BATCH, "gradient_clipping": 1.0, "zero_optimization": {"stage": zero},
               "steps_per_print": 10 ** 9, "wall_clock_breakdown": False}
+    if bf16:
+        config["bf16"] = {"enabled": True}
     mpu = ps.get_deepspeed_mpu()
     if zero == 3:
         with deepspeed.zero.Init(data_parallel_group=ps.get_data_parallel_group(), mpu=mpu,
@@ -60,8 +63,8 @@ def run_steps(engine, state: TrainState, until: int, on_iteration_end=None) -> T
                  on_iteration_end=on_iteration_end)
 
 
-def uninterrupted_losses(tp: int, zero: int, steps: int = TOTAL_STEPS, dropout: float = 0.1):
-    engine = build_tiny_engine(tp, zero, dropout=dropout)
+def uninterrupted_losses(tp: int, zero: int, steps: int = TOTAL_STEPS, dropout: float = 0.1, bf16: bool = False):
+    engine = build_tiny_engine(tp, zero, dropout=dropout, bf16=bf16)
     state = run_steps(engine, TrainState(), steps)
     engine.destroy()
     ps.destroy_model_parallel()
