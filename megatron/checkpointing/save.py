@@ -56,7 +56,9 @@ def current_layout(engine) -> Layout:
 
 
 def versions() -> dict:
-    return {"megatron_ds": str(megatron.__version__), "deepspeed": str(deepspeed.__version__), "torch": str(torch.__version__)}
+    # str(): torch.__version__ is a TorchVersion, which a weights-only load would refuse.
+    return {"megatron_ds": str(megatron.__version__), "deepspeed": str(deepspeed.__version__),
+            "torch": str(torch.__version__)}
 
 
 def published_tags(save_dir: str) -> list:
@@ -132,7 +134,8 @@ def prune_checkpoints(save_dir: str, keep_last: int):
 def _remove_leftovers(save_dir: str):
     """Folders of saves that were killed midway; never loadable, so safe to delete."""
     for name in os.listdir(save_dir):
-        if name.endswith(INCOMPLETE_SUFFIX) or name.endswith(".replaced"):
+        # global_stepN.incomplete, a killed conversion's global_stepN.universal.incomplete(.stageK), .replaced
+        if INCOMPLETE_SUFFIX in name or name.endswith(".replaced"):
             shutil.rmtree(os.path.join(save_dir, name), ignore_errors=True)
 
 

@@ -20,7 +20,7 @@ import glob
 import os
 import re
 import shutil
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 

@@ -2,7 +2,8 @@
 
 Dropout draws from both random streams and the learning rate is still warming up at the save, so the resume
 must restore weights, Adam moments and step, the scheduler position, the data position and every RNG state
-of every rank; any one missing changes a loss. Equality is bit-for-bit (==), not a tolerance; it holds for bf16 mixed precision too (fp32 masters restored).
+of every rank; any one missing changes a loss. Equality is bit-for-bit (==), not a tolerance; it holds for
+bf16 mixed precision too (the fp32 masters are restored).
 """
 
 import os

@@ -64,3 +64,22 @@ def test_pretrain_save_and_load_resume_exactly(case, checkpoint_corpus, tmp_path
     stored = RunConfig.from_dict(manifest["config"])
     assert stored.model.padded_vocab_size == 128 and stored.training.train_iters == 6
     assert manifest["training"]["consumed_train_tokens"] == 3 * 8 * 32
+
+
+def test_pretrain_universal_checkpoint_flag_reshards(checkpoint_corpus, tmp_path):
+    """--universal-checkpoint through the whole job: a TP=2 ZeRO-1 checkpoint resumes at DP=2 ZeRO-2 (the flag
+    also puts checkpoint.load_universal into the engine's DeepSpeed config) within 1e-4 of the uninterrupted run."""
+    save_dir = str(tmp_path / "checkpoints")
+    no_dropout = dict(hidden_dropout=0.0, attention_dropout=0.0)
+    tp2 = CASES["gpt_tp2_zero1"][1]
+    uninterrupted = run_on_ranks(2, _pretrain, values=_values("gpt_tp2_zero1", checkpoint_corpus, **no_dropout),
+                                 deepspeed_config=tp2)[0][1]
+    run_on_ranks(2, _pretrain, values=_values("gpt_tp2_zero1", checkpoint_corpus, save=save_dir, exit_interval=3,
+                                              **no_dropout), deepspeed_config=tp2)
+    dp2 = _values("gpt_tp2_zero1", checkpoint_corpus, load=save_dir, universal_checkpoint=True,
+                  tensor_model_parallel_size=1, **no_dropout)
+    iteration, losses = run_on_ranks(2, _pretrain, values=dp2, deepspeed_config={"zero_optimization": {"stage": 2}})[0]
+    assert iteration == 6
+    for got, want in zip(losses, uninterrupted[3:], strict=True):
+        assert abs(got - want) <= 1e-4 * abs(want), (losses, uninterrupted)
+    assert os.path.isfile(os.path.join(save_dir, "global_step3.universal", "universal_conversion_done.json"))

@@ -48,7 +48,8 @@ def model_fields_from_hf(config: dict) -> dict:
     if model_type not in FAMILIES:
         raise ValueError(f"Hugging Face model_type {model_type!r} is not convertible; megatron-ds converts "
                          f"{sorted(FAMILIES)}")
-    if model_type == "gpt2" and (config.get("scale_attn_by_inverse_layer_idx") or config.get("reorder_and_upcast_attn")):
+    unsupported = ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn")
+    if model_type == "gpt2" and any(config.get(option) for option in unsupported):
         raise ValueError("GPT-2 variants with scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not "
                          "implemented by megatron-ds")
     return FAMILIES[model_type].model_fields(config)
