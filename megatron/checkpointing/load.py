@@ -102,16 +102,12 @@ def _load_ours(engine, folder: str, *, load_optimizer: bool, load_scheduler: boo
 
 
 def _refresh_derived_state(wrapper):
-    """State a pipeline derives from its parameters rather than holding as parameters must be re-derived
-    after a load: the Megatron-schedule pipeline's last stage reads a replica of the tied embedding table
-    (megatron/pipeline/tied_embedding.py), refreshed from the first stage by a broadcast."""
+    """State a wrapper derives from the parameters rather than holding as parameters is re-derived after a
+    load through its ``on_checkpoint_loaded()`` (the Megatron-schedule pipeline re-broadcasts the replica of
+    the tied embedding table its last stage reads)."""
     hook = getattr(wrapper, "on_checkpoint_loaded", None)
     if callable(hook):
         hook()
-        return
-    tied = getattr(wrapper, "tied", None) if "engine" in getattr(wrapper, "__dict__", {}) else None
-    if tied is not None and callable(getattr(tied, "broadcast_table", None)):
-        tied.broadcast_table()
 
 
 def load_checkpoint(engine, load_dir: str, *, finetune: bool = False, no_load_optim: bool = False,
