@@ -96,7 +96,10 @@ def build_pretraining_data_loader(
         total_samples=len(dataset), consumed_samples=consumed_samples, micro_batch_size=micro_batch_size,
         data_parallel_rank=data_parallel_rank, data_parallel_size=data_parallel_size,
     )
+    # Creating a DataLoader iterator draws a worker base seed from the given generator. Without one it would
+    # draw from torch's global RNG and shift dropout masks, breaking bit-identical resume. Samples do not
+    # depend on it (the sampler and the dataset are deterministic).
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_samples,
-        persistent_workers=num_workers > 0,
+        persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(0),
     )
