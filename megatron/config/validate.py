@@ -118,6 +118,10 @@ def _check_pipeline(config: "RunConfig") -> None:
         raise ConfigError(f"--pipeline-schedule deepspeed with ZeRO-{config.zero.stage}: DeepSpeed's "
                           f"PipelineEngine only supports ZeRO-0/1; use --pipeline-schedule 1f1b (or "
                           f"interleaved), which supports ZeRO-2/3, or lower the ZeRO stage")
+    if pp > 1 and schedule in ("1f1b", "interleaved") and config.precision.fp16:
+        # Every stage's engine would keep its own dynamic loss scale; only the last stage's loss is scaled.
+        raise ConfigError(f"--pipeline-schedule {schedule} does not support fp16 (per-stage loss scales); use "
+                          f"--bf16, or --pipeline-schedule deepspeed with ZeRO-0/1")
     if per_chunk is None:
         if schedule == "interleaved":
             raise ConfigError("--pipeline-schedule interleaved needs --num-layers-per-virtual-pipeline-stage")

@@ -55,9 +55,19 @@ def build_engine(config: RunConfig, model_provider: Callable[[], torch.nn.Module
     """Returns the DeepSpeed engine; its ``lr_scheduler`` is Megatron's schedule unless the JSON has one."""
     ds_config = config.deepspeed_dict()
     configure_activation_checkpointing(config)
+    if config.parallel.pipeline_model_parallel_size > 1:
+        # The one dispatch to the pipeline forms; megatron/pipeline/build.py picks the schedule.
+        from megatron.pipeline import build_pipeline
+
+        return build_pipeline(config, lambda model, mpu: initialize_engine(config, ds_config, model, mpu),
+                              model_construction_context(config, ds_config))
     with model_construction_context(config, ds_config):
         model = model_provider()
+    return initialize_engine(config, ds_config, model, ps.get_deepspeed_mpu())
 
+
+def initialize_engine(config: RunConfig, ds_config: dict, model: torch.nn.Module, mpu):
+    """deepspeed.initialize with Megatron's optimizer and LR schedule (unless the JSON defines them)."""
     optimizer, training = None, config.training
     if not config.deepspeed_builds_optimizer:
         optimizer = build_optimizer(model, lr=training.lr, weight_decay=training.weight_decay,
@@ -68,6 +78,5 @@ def build_engine(config: RunConfig, model_provider: Callable[[], torch.nn.Module
     # A callable: DeepSpeed applies it to the optimizer it ends up with (ours or the JSON's).
     lr_scheduler = None if config.deepspeed_builds_scheduler else _lr_schedule_factory(config)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=groups,
-                                           lr_scheduler=lr_scheduler, config=ds_config,
-                                           mpu=ps.get_deepspeed_mpu())
+                                           lr_scheduler=lr_scheduler, config=ds_config, mpu=mpu)
     return engine

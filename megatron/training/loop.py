@@ -16,6 +16,7 @@ import torch
 from megatron.core import comm
 from megatron.core import parallel_state as ps
 from megatron.core.grad_norm import global_grad_norm
+from megatron.pipeline import is_pipeline, pipeline_evaluate, pipeline_train_step
 from megatron.training.progress_log import ProgressLog
 
 
@@ -47,6 +48,8 @@ class TrainState:
 
 def train_step(engine, micro_batches: Iterator[dict], gradient_accumulation_steps: int):
     """Runs one global batch; returns (mean loss over DP and micro-batches, grad norm, skipped)."""
+    if is_pipeline(engine):
+        return pipeline_train_step(engine, micro_batches)
     total, grad_norm = 0.0, None
     zero_stage = engine.zero_optimization_stage()
     skipped_before = engine.skipped_steps
@@ -70,6 +73,8 @@ def _mixed_precision(engine) -> bool:
 
 @torch.no_grad()
 def evaluate(engine, micro_batches: Iterator[dict], num_micro_batches: int) -> float:
+    if is_pipeline(engine):
+        return pipeline_evaluate(engine, micro_batches, num_micro_batches)
     engine.eval()
     total = 0.0
     for _ in range(num_micro_batches):
