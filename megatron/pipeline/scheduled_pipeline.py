@@ -13,7 +13,6 @@ over the data-parallel group, reduces gradients, clips and steps. This module on
   once per global batch and ZeRO-2/3 finish their reductions there; ``engine.step()`` then runs once.
 """
 
-import time
 from typing import Iterator, List, Optional, Tuple
 
 import torch
@@ -58,7 +57,6 @@ class ScheduledPipeline:
         self.tied = TiedEmbedding(self.chunks) if self.chunks.tied_embedding else None
         if self.tied is not None:
             self.tied.broadcast_table()
-        self.receive_seconds = 0.0  # time this rank waited on receives in the last train_step (benchmarks)
 
     def on_checkpoint_loaded(self) -> None:
         """Call after loading weights into the engine: the tied head's replica is not a parameter, so it
@@ -87,7 +85,6 @@ class ScheduledPipeline:
         head_backwards = [i for i, op in enumerate(self.ops)
                           if op.kind == BACKWARD and self._stage(op) == self.last_stage]
         seen_chunks = set()
-        self.receive_seconds = 0.0
         engine.train()
         for index, op in enumerate(self.ops):
             key = (op.chunk, op.micro_batch)
@@ -156,19 +153,14 @@ class ScheduledPipeline:
         if self._stage(op) == 0:
             p2p.post()
             return None
-        started = time.perf_counter()
         hidden = p2p.receive_activation(self.activation_shape, self.activation_dtype)
-        self.receive_seconds += time.perf_counter() - started
         return hidden.requires_grad_(torch.is_grad_enabled())
 
     def _receive_output_grad(self, p2p: PeerToPeer, op: PipelineOp) -> Optional[torch.Tensor]:
         if self._stage(op) == self.last_stage:
             p2p.post()
             return None
-        started = time.perf_counter()
-        grad = p2p.receive_gradient(self.activation_shape, self.activation_dtype)
-        self.receive_seconds += time.perf_counter() - started
-        return grad
+        return p2p.receive_gradient(self.activation_shape, self.activation_dtype)
 
     def _forward(self, op: PipelineOp, batch: dict, input_tensor: Optional[torch.Tensor]) -> torch.Tensor:
         stage = self._stage(op)
@@ -207,7 +199,6 @@ class ScheduledPipeline:
             total /= ps.get_data_parallel_world_size()
         comm.broadcast(total, ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group())
         return total.item()
-
 
 
 def _stop_zero3_world_trace_check(engine) -> None:

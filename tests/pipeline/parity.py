@@ -52,7 +52,7 @@ def micro_batch(family: str, step: int, index: int) -> dict:
     for _ in range(MICRO):
         tokens = torch.randint(1, VOCAB, (SEQ + 1,), generator=generator)
         if family == "gpt":
-            tokens[torch.randint(2, SEQ - 2, (2,), generator=generator)] = EOD  # three documents per sample
+            tokens[torch.randint(2, SEQ - 2, (4,), generator=generator)] = EOD  # up to five documents per sample
         documents = family == "gpt"
         samples.append(make_sample(tokens, EOD, reset_position_ids=documents, reset_attention_mask=documents))
     return {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
@@ -87,7 +87,14 @@ def optimizer_for(module: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(module.parameters(), lr=LR, weight_decay=0.01)
 
 
-def _serial_run(family: str, micro_batches: int, num_layers: int):
+def _without_documents(batch: dict) -> dict:
+    """The batch as a pipeline that dropped its masks and position ids would see it."""
+    plain = {key: value for key, value in batch.items() if key not in ("attention_mask", "position_ids")}
+    plain["position_ids"] = torch.arange(SEQ).expand(MICRO, -1)
+    return plain
+
+
+def _serial_run(family: str, micro_batches: int, num_layers: int, drop_documents: bool = False):
     """Runs on a 1-rank world: GPTModel in a ZeRO-0 fp32 DeepSpeed engine, the non-pipeline training step."""
     import deepspeed
 
@@ -103,8 +110,10 @@ def _serial_run(family: str, micro_batches: int, num_layers: int):
                                       config=deepspeed_config(micro_batches, 1, 0), mpu=ps.get_deepspeed_mpu())
     losses, norms = [], []
     for step in range(STEPS):
-        batches = iter(rank_micro_batches(family, step, micro_batches, 0, 1))
-        loss, norm, _ = train_step(engine, batches, micro_batches)
+        batches = rank_micro_batches(family, step, micro_batches, 0, 1)
+        if drop_documents:
+            batches = [_without_documents(batch) for batch in batches]
+        loss, norm, _ = train_step(engine, iter(batches), micro_batches)
         losses.append(loss)
         norms.append(norm)
     engine.destroy()
@@ -124,6 +133,13 @@ def serial_losses(family: str, global_micro_batches: int, num_layers: int = 4) -
         assert min(norms) > CLIP, f"gradient clipping must be active in every step of the twin run: {norms}"
         _SERIAL[key] = losses
     return _SERIAL[key]
+
+
+def serial_losses_without_documents(family: str, global_micro_batches: int) -> list:
+    """The twin trained on the same tokens without document masks and reset positions (a negative control)."""
+    (losses, _), = get_pool(1).run(__name__, "_serial_run", dict(family=family, micro_batches=global_micro_batches,
+                                                                num_layers=4, drop_documents=True), timeout=240)
+    return losses
 
 
 def assert_losses_match(actual, expected, what, rtol=RTOL, atol=0.0):

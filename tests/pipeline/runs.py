@@ -100,3 +100,23 @@ def serial_eval_after_training(family: str, micro_batches: int) -> float:
     loss = evaluate(engine, iter(rank_micro_batches(family, 0, micro_batches, 0, 1)), micro_batches)
     engine.destroy()
     return loss
+
+
+def checkpoint_file_names(save_dir: str, zero_stage: int, tensor_parallel: int = 1):
+    """One 1F1B step at PP=2, then DeepSpeed's save_checkpoint: the files every rank wrote."""
+    import os
+
+    import deepspeed
+
+    from megatron.pipeline import StageMPU, build_stage_chunks, scheduled_pipeline
+
+    dp, dp_rank = _layout(tensor_parallel, 2)
+    config = model_config("llama", tensor_parallel)
+    chunks = build_stage_chunks(config)
+    engine, *_ = deepspeed.initialize(model=chunks, optimizer=optimizer_for(chunks), mpu=StageMPU(),
+                                      config=deepspeed_config(2, dp, zero_stage))
+    pipeline = scheduled_pipeline(engine, config)
+    pipeline.train_step(iter(rank_micro_batches("llama", 0, 2, dp_rank, dp)))
+    pipeline.save_checkpoint(save_dir, tag="step1")
+    engine.destroy()
+    return sorted(os.listdir(os.path.join(save_dir, "step1")))

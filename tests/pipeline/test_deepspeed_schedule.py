@@ -4,7 +4,14 @@ single-rank run (fp32, 5 steps, active clipping, losses within 1e-4 relative; bf
 import pytest
 
 from tests.distributed import run_on_ranks
-from tests.pipeline.parity import BF16_ATOL, assert_losses_match, same_on_all_ranks, serial_losses
+from tests.pipeline.parity import (
+    BF16_ATOL,
+    RTOL,
+    assert_losses_match,
+    same_on_all_ranks,
+    serial_losses,
+    serial_losses_without_documents,
+)
 from tests.pipeline.runs import deepspeed_schedule_losses
 
 MICRO_BATCHES = 4
@@ -51,3 +58,13 @@ def test_pp4_matches_single_rank():
     """Four stages: two middle stages that hold neither the embedding nor the head."""
     losses = _run(4, family="gpt", zero_stage=1, micro_batches=MICRO_BATCHES, pipeline_parallel=4)
     assert_losses_match(losses, serial_losses("gpt", MICRO_BATCHES), "gpt PP=4 ZeRO-1")
+
+
+def test_parity_data_depends_on_masks_and_positions():
+    """Negative control: the GPT batches pack documents, so a pipeline that dropped their attention masks and
+    reset position ids (as Megatron-DeepSpeed's pipeline did) would miss the single-rank losses by more than
+    ten times the tolerance of the tests above (measured: 2e-3 relative on random tokens)."""
+    with_documents = serial_losses("gpt", MICRO_BATCHES)
+    without = serial_losses_without_documents("gpt", MICRO_BATCHES)
+    worst = max(abs(a - b) / abs(b) for a, b in zip(without, with_documents))
+    assert worst > 10 * RTOL, f"masks change the losses by only {worst:.1e}"

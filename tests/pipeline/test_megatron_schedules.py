@@ -11,7 +11,7 @@ import pytest
 
 from tests.distributed import run_on_ranks
 from tests.pipeline.parity import BF16_ATOL, assert_losses_match, same_on_all_ranks, serial_losses
-from tests.pipeline.runs import megatron_schedule_losses, serial_eval_after_training
+from tests.pipeline.runs import checkpoint_file_names, megatron_schedule_losses, serial_eval_after_training
 
 MICRO_BATCHES = 4
 
@@ -80,3 +80,13 @@ def test_pp4_1f1b_and_interleaved_match_single_rank():
     interleaved = _run(4, family="gpt", zero_stage=0, micro_batches=MICRO_BATCHES, pipeline_parallel=4,
                        num_chunks=2, num_layers=8)
     assert_losses_match(interleaved, serial_losses("gpt", MICRO_BATCHES, num_layers=8), "gpt interleaved PP=4")
+
+
+def test_checkpoint_files_are_named_per_stage(tmp_path):
+    """DeepSpeed names files mp_rank_XX from the mpu; StageMPU's engines get pp_rank * TP + tp_rank there
+    (as DeepSpeed's PipelineEngine), so the stages' files never overwrite each other."""
+    (names,) = {tuple(names) for names in run_on_ranks(4, checkpoint_file_names, save_dir=str(tmp_path),
+                                                         zero_stage=1, tensor_parallel=2)}
+    assert [name for name in names if name.endswith("_model_states.pt")] == \
+        [f"mp_rank_{rank:02d}_model_states.pt" for rank in range(4)]
+    assert len([name for name in names if name.endswith("_optim_states.pt")]) == 4
