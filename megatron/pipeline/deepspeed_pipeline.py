@@ -44,8 +44,8 @@ def gpt_layer_specs(config, *, sequence_parallel: bool = False, recompute_core_a
     common = dict(sequence_parallel=sequence_parallel, params_dtype=params_dtype)
     tied = not config.untie_embeddings_and_output_weights
     if tied:
-        embedding = TiedLayerSpec(TIED_EMBEDDING_KEY, EmbeddingPipe, config, tied_weight_attr=["word_embeddings.weight"],
-                                  **common)
+        embedding = TiedLayerSpec(TIED_EMBEDDING_KEY, EmbeddingPipe, config,
+                                  tied_weight_attr=["word_embeddings.weight"], **common)
         head = TiedLayerSpec(TIED_EMBEDDING_KEY, TiedOutputEmbeddingPipe, config, forward_fn=tied_lm_head,
                              tied_weight_attr=["word_embeddings.weight"], **common)
     else:
