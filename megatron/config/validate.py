@@ -122,6 +122,11 @@ def _check_pipeline(config: "RunConfig") -> None:
         # Every stage's engine would keep its own dynamic loss scale; only the last stage's loss is scaled.
         raise ConfigError(f"--pipeline-schedule {schedule} does not support fp16 (per-stage loss scales); use "
                           f"--bf16, or --pipeline-schedule deepspeed with ZeRO-0/1")
+    if pp > 1 and schedule == "interleaved" and config.zero.stage >= 2 and config.zero.offload_optimizer != "none":
+        # DeepSpeed offloads only the gradients of the accumulation-ending backward, which holds one chunk.
+        raise ConfigError(f"--pipeline-schedule interleaved cannot offload the ZeRO-{config.zero.stage} optimizer "
+                          f"(--offload-optimizer {config.zero.offload_optimizer}); use --pipeline-schedule 1f1b, "
+                          f"ZeRO-1, or drop the offload")
     if per_chunk is None:
         if schedule == "interleaved":
             raise ConfigError("--pipeline-schedule interleaved needs --num-layers-per-virtual-pipeline-stage")

@@ -41,6 +41,12 @@ class ScheduledPipeline:
         if engine.fp16_enabled():
             raise ValueError("fp16 is not supported with the 1f1b/interleaved pipeline schedules (each stage would "
                              "need the last stage's dynamic loss scale); use bf16, or --pipeline-schedule deepspeed")
+        if engine.module.num_chunks > 1 and engine.zero_optimization_stage() >= 2 and engine.zero_cpu_offload():
+            # DeepSpeed moves accumulated gradients to the offloaded optimizer only for the parameters of the
+            # backward that ends accumulation, which touches one chunk: the others would step on stale ones.
+            raise ValueError(f"the interleaved schedule cannot offload the ZeRO-{engine.zero_optimization_stage()} "
+                             f"optimizer: use --pipeline-schedule 1f1b with --offload-optimizer, or ZeRO-1, or "
+                             f"drop the offload")
         self.engine = engine
         _stop_zero3_world_trace_check(engine)
         self.chunks: ModelChunks = engine.module

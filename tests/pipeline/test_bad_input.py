@@ -96,3 +96,11 @@ def _grid_that_disagrees_is_refused():
 
 def test_deepspeed_grid_that_disagrees_with_parallel_state_is_refused():
     distributed_test(world_size=4)(_grid_that_disagrees_is_refused)()
+
+
+def test_interleaving_with_an_offloaded_zero_2_or_3_optimizer():
+    with pytest.raises(ValueError, match=r"interleaved cannot offload the ZeRO-2 optimizer .*use "
+                                         r"--pipeline-schedule 1f1b"):
+        _resolve(zero_stage=2, pipeline_schedule="interleaved", num_layers=8, global_batch_size=4,
+                 num_layers_per_virtual_pipeline_stage=2,
+                 deepspeed_extra={"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}})

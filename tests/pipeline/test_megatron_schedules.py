@@ -48,6 +48,13 @@ def test_1f1b_cpu_offload_zero2_and_fewer_micro_batches_than_stages_allowed():
     assert_losses_match(losses, serial_losses("gpt", 1), "gpt 1F1B PP=2 ZeRO-2 offload, 1 micro-batch")
 
 
+def test_1f1b_zero3_with_parameters_and_optimizer_offloaded_matches_single_rank():
+    losses = _run(2, family="gpt", zero_stage=3, micro_batches=MICRO_BATCHES,
+                  zero_options={"offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"}},
+                  extra={"zero_force_ds_cpu_optimizer": False})
+    assert_losses_match(losses, serial_losses("gpt", MICRO_BATCHES), "gpt 1F1B PP=2 ZeRO-3, CPU offload")
+
+
 def test_forward_only_evaluation_matches_single_rank():
     losses = _run(2, family="gpt", zero_stage=1, micro_batches=MICRO_BATCHES, num_chunks=2, evaluate=True)
     (expected,) = {value for value in run_on_ranks(1, serial_eval_after_training, family="gpt",
