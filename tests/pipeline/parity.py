@@ -123,16 +123,28 @@ def _serial_run(family: str, micro_batches: int, num_layers: int, drop_documents
 _SERIAL = {}
 
 
-def serial_losses(family: str, global_micro_batches: int, num_layers: int = 4) -> list:
-    """Per-step losses of the single-rank run over ``global_micro_batches`` micro-batches per step."""
+def serial_run(family: str, global_micro_batches: int, num_layers: int = 4):
+    """(losses, grad norms) per step of the single-rank run over ``global_micro_batches`` micro-batches."""
     key = (family, global_micro_batches, num_layers)
     if key not in _SERIAL:
         (losses, norms), = get_pool(1).run(__name__, "_serial_run", dict(family=family,
                                                                         micro_batches=global_micro_batches,
                                                                         num_layers=num_layers), timeout=240)
         assert min(norms) > CLIP, f"gradient clipping must be active in every step of the twin run: {norms}"
-        _SERIAL[key] = losses
+        _SERIAL[key] = losses, norms
     return _SERIAL[key]
+
+
+def serial_losses(family: str, global_micro_batches: int, num_layers: int = 4) -> list:
+    return serial_run(family, global_micro_batches, num_layers)[0]
+
+
+def assert_matches_serial(run, family: str, global_micro_batches: int, what: str, num_layers: int = 4):
+    """Losses and the clipped-over global grad norms of a pipelined run equal the single-rank run's (1e-4)."""
+    losses, norms = serial_run(family, global_micro_batches, num_layers)
+    assert_losses_match(run["losses"], losses, what)
+    for step, (norm, expected) in enumerate(zip(run["norms"], norms), start=1):
+        assert abs(norm - expected) <= RTOL * expected, f"{what}: step {step} grad norm {norm!r} vs {expected!r}"
 
 
 def serial_losses_without_documents(family: str, global_micro_batches: int) -> list:

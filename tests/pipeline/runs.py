@@ -1,7 +1,7 @@
 """Rank-side training runs of the two pipeline forms, started by the tests on a rank pool.
 
-Each returns the per-step losses this rank saw (train_batch / train_step report the same value on every
-rank), after loading the reference GPTModel weights through the name mapping.
+Each returns the per-step losses and global grad norms this rank saw (equal on every rank), after loading
+the reference GPTModel weights through the name mapping.
 """
 
 import torch
@@ -40,12 +40,13 @@ def deepspeed_schedule_losses(family: str, zero_stage: int, micro_batches: int =
     engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer_for(module),
                                       config=deepspeed_config(micro_batches, dp, zero_stage, bf16, zero_options, extra))
     prepare_pipeline_engine(engine)
-    losses = []
+    losses, norms = [], []
     for step in range(STEPS):
         batches = iter(rank_micro_batches(family, step, micro_batches, dp_rank, dp))
         losses.append(float(engine.train_batch(pipe_batches(batches))))
+        norms.append(float(engine.get_global_grad_norm()))
     engine.destroy()
-    return losses
+    return {"losses": losses, "norms": norms}
 
 
 def megatron_schedule_losses(family: str, zero_stage: int, micro_batches: int = 4, tensor_parallel: int = 1,
@@ -54,7 +55,7 @@ def megatron_schedule_losses(family: str, zero_stage: int, micro_batches: int = 
                              zero_options: dict = None, extra: dict = None):
     """ModelChunks in an ordinary DeepSpeed engine (mpu=StageMPU), driven by ScheduledPipeline.
 
-    With ``evaluate`` the forward-only pass over the first global batch is appended after training.
+    With ``evaluate`` the result also holds the forward-only loss of the first global batch after training.
     """
     import deepspeed
 
@@ -69,16 +70,18 @@ def megatron_schedule_losses(family: str, zero_stage: int, micro_batches: int = 
     engine, *_ = deepspeed.initialize(model=chunks, optimizer=optimizer_for(chunks), mpu=StageMPU(),
                                       config=deepspeed_config(micro_batches, dp, zero_stage, bf16, zero_options, extra))
     pipeline = scheduled_pipeline(engine, config, sequence_parallel=sequence_parallel)
-    losses = []
+    losses, norms = [], []
     for step in range(STEPS):
-        loss, _, skipped = pipeline.train_step(iter(rank_micro_batches(family, step, micro_batches, dp_rank, dp)))
+        loss, norm, skipped = pipeline.train_step(iter(rank_micro_batches(family, step, micro_batches, dp_rank, dp)))
         assert not skipped
         losses.append(loss)
+        norms.append(norm)
+    result = {"losses": losses, "norms": norms}
     if evaluate:
-        losses.append(pipeline.evaluate(iter(rank_micro_batches(family, 0, micro_batches, dp_rank, dp)),
-                                        micro_batches))
+        result["eval"] = pipeline.evaluate(iter(rank_micro_batches(family, 0, micro_batches, dp_rank, dp)),
+                                           micro_batches)
     engine.destroy()
-    return losses
+    return result
 
 
 def serial_eval_after_training(family: str, micro_batches: int) -> float:
