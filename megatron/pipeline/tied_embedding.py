@@ -87,8 +87,9 @@ class TiedEmbedding:
 
     def receive_head_gradient(self, p2p: PeerToPeer) -> None:
         """First stage, right before its last backward of the global batch."""
-        self.inlet.pending = p2p.receive(self.table.weight.ds_shape if hasattr(self.table.weight, "ds_shape")
-                                         else self.table.weight.shape, torch.float32, self.last_rank, TIED_GRAD)
+        weight = self.table.weight
+        shape = getattr(weight, "ds_shape", weight.shape)  # ZeRO-3 keeps only a partition outside forward
+        self.inlet.pending = p2p.receive(shape, torch.float32, self.last_rank, TIED_GRAD)
 
     @torch.no_grad()
     def broadcast_table(self) -> None:
