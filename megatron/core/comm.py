@@ -15,7 +15,9 @@ import torch
 import torch.distributed
 
 ReduceOp = torch.distributed.ReduceOp
-P2POp = torch.distributed.P2POp
+# deepspeed.comm's batch_isend_irecv accepts only its own P2POp (torch's is rejected); build them with
+# send_op / recv_op.
+P2POp = ds_comm.P2POp
 
 
 def default_backend():
@@ -109,20 +111,29 @@ def all_gather_object(obj, group=None):
     return gathered
 
 
+def send_op(tensor, peer, group=None, tag=0) -> P2POp:
+    """An asynchronous send of ``tensor`` to global rank ``peer``, for :func:`batch_isend_irecv`."""
+    return P2POp(ds_comm.isend, tensor, peer, group=group, tag=tag)
+
+
+def recv_op(tensor, peer, group=None, tag=0) -> P2POp:
+    """An asynchronous receive into ``tensor`` from global rank ``peer``, for :func:`batch_isend_irecv`."""
+    return P2POp(ds_comm.irecv, tensor, peer, group=group, tag=tag)
+
+
 def batch_isend_irecv(p2p_ops):
-    """Starts a batch of ``P2POp`` sends/receives and returns their requests (wait on each)."""
+    """Starts a batch of sends/receives (:func:`send_op` / :func:`recv_op`) and returns their requests."""
     if not p2p_ops:
         return []
     return ds_comm.batch_isend_irecv(p2p_ops)
 
 
-def isend(tensor, dst, group=None):
-    return ds_comm.isend(tensor, dst, group=group)
+def isend(tensor, dst, group=None, tag=0):
+    return ds_comm.isend(tensor, dst, group=group, tag=tag)
 
 
-def irecv(tensor, src, group=None):
-    return ds_comm.irecv(tensor, src, group=group)
-
+def irecv(tensor, src, group=None, tag=0):
+    return ds_comm.irecv(tensor, src, group=group, tag=tag)
 
 def destroy_world():
     """Leave the default process group; without it a rank can abort at interpreter exit."""

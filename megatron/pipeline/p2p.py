@@ -16,13 +16,10 @@ operation's input (Megatron's send_forward_recv_backward pairing), or on its own
 receives nothing. A rank therefore only ever blocks on a receive, with all its earlier sends posted, and
 waits for its sends at the end of the step: any schedule whose operations are in dependency order completes.
 
-The operations are ``deepspeed.comm.P2POp``s: ``megatron.core.comm.batch_isend_irecv`` hands its list to
-``deepspeed.comm``, which accepts only its own P2POp (``comm.P2POp`` is torch's and is rejected there).
 """
 
 from typing import List, Sequence
 
-import deepspeed.comm as ds_comm
 import torch
 
 from megatron.core import comm
@@ -35,17 +32,17 @@ class PeerToPeer:
 
     def __init__(self, previous_rank: int, next_rank: int):
         self.previous_rank, self.next_rank = previous_rank, next_rank
-        self._queued: List[ds_comm.P2POp] = []
+        self._queued: List[comm.P2POp] = []
         self._in_flight: List[tuple] = []  # (request, tensor): the tensor must outlive its send
 
     def queue_send(self, tensor: torch.Tensor, peer: int, tag: int) -> None:
         """Send ``tensor`` with the next receive (one batched call), or at the next :meth:`post`."""
-        self._queued.append(ds_comm.P2POp(ds_comm.isend, tensor.detach().contiguous(), peer, tag=tag))
+        self._queued.append(comm.send_op(tensor.detach().contiguous(), peer, tag=tag))
 
     def receive(self, shape: Sequence[int], dtype: torch.dtype, peer: int, tag: int) -> torch.Tensor:
         """Posts the queued sends and this receive as one batch, and waits for the receive only."""
         buffer = torch.empty(tuple(shape), dtype=dtype, device=_device())
-        requests = self._post(self._queued + [ds_comm.P2POp(ds_comm.irecv, buffer, peer, tag=tag)])
+        requests = self._post(self._queued + [comm.recv_op(buffer, peer, tag=tag)])
         requests[-1].wait()
         return buffer
 
@@ -60,7 +57,7 @@ class PeerToPeer:
             request.wait()
         self._in_flight = []
 
-    def _post(self, operations: List[ds_comm.P2POp]) -> list:
+    def _post(self, operations: List[comm.P2POp]) -> list:
         if not operations:
             return []
         requests = comm.batch_isend_irecv(operations)
