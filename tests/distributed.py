@@ -57,6 +57,14 @@ def _reset_rank_state():
     for cache in ("_EXPERT_PARALLEL_GROUP", "_EXPERT_PARALLEL_GROUP_RANKS", "_EXPERT_DATA_PARALLEL_GROUP",
                   "_EXPERT_DATA_PARALLEL_GROUP_RANKS", "_ALL_TO_ALL_GROUP"):
         getattr(ds_groups, cache).clear()
+    # ZeRO-3 numbers modules and parameters from process-wide counters and checks that every rank agrees on
+    # the numbers; tests that built different modules on different ranks (pipeline stages) would leave the
+    # counters apart.
+    from deepspeed.runtime.zero.parameter_offload import DeepSpeedZeRoOffload
+    from deepspeed.runtime.zero.partition_parameters import Init as ZeroInit
+
+    DeepSpeedZeRoOffload._register_deepspeed_module.__defaults__[0][0] = 0
+    ZeroInit.param_id = 0
     ds_ckpt.reset()
     ds_ckpt.mpu = None
     ds_ckpt.PARTITION_ACTIVATIONS = False
