@@ -6,6 +6,7 @@ from typing import Any, Dict, Optional
 
 from megatron.config.errors import ConfigError
 from megatron.config.fields import option
+from megatron.core.vocab_padding import pad_vocab_size
 
 # What `--model-family` presets. Explicit flags override any of these.
 FAMILY_PRESETS: Dict[str, Dict[str, Any]] = {
@@ -26,13 +27,6 @@ def default_ffn_hidden_size(hidden_size: int, swiglu: bool) -> Optional[int]:
         return 4 * hidden_size
     size = (8 * hidden_size // 3) // 64 * 64
     return size or None
-
-
-def pad_vocab_size(orig_vocab_size: int, divisible_by: int, tensor_model_parallel_size: int) -> int:
-    """Megatron's padding: a multiple of divisible_by * TP, so every TP shard of the embedding is equal
-    and a multiple of divisible_by (GEMM-friendly)."""
-    multiple = divisible_by * tensor_model_parallel_size
-    return -(-orig_vocab_size // multiple) * multiple
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ import re
 import pytest
 
 from megatron.config import ConfigError, ModelConfig, ParallelConfig, parse_config
-from megatron.config.model import default_ffn_hidden_size, pad_vocab_size
+from megatron.config.model import default_ffn_hidden_size
+from megatron.core.vocab_padding import pad_vocab_size
 
 
 def test_gpt_family_is_the_default(tiny_flags):

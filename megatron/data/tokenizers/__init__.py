@@ -6,7 +6,7 @@ from typing import Optional
 
 from megatron.data.tokenizers.base import MegatronTokenizer
 from megatron.data.tokenizers.null_tokenizer import NullTokenizer
-from megatron.data.tokenizers.vocab_padding import pad_vocab_size
+from megatron.core.vocab_padding import pad_vocab_size
 
 TOKENIZER_TYPES = ("SentencePieceTokenizer", "GPT2BPETokenizer", "HFTokenizer", "NullTokenizer")
 

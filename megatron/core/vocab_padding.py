@@ -1,4 +1,7 @@
-"""Vocabulary padding: the embedding table is split across tensor-parallel ranks in equal slices."""
+"""Vocabulary padding: the embedding table is split across tensor-parallel ranks in equal slices.
+
+Pure Python on purpose: the tokenizer tools and the configuration import it without paying for torch.
+"""
 
 from __future__ import annotations
 
