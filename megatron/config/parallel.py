@@ -22,6 +22,11 @@ class ParallelConfig:
         None, "Pipeline schedule: deepspeed (DeepSpeed's PipelineEngine; ZeRO-0/1 only), 1f1b or "
         "interleaved (Megatron schedules; any ZeRO stage).", choices=PIPELINE_SCHEDULES,
         derived="interleaved with virtual stages; else deepspeed when PP > 1 and ZeRO <= 1; else 1f1b")
+    pipeline_partition_method: str = option(
+        "type:TransformerLayer", "How --pipeline-schedule deepspeed assigns layers to stages (DeepSpeed's "
+        "PipelineModule partition_method): type:TransformerLayer (equal numbers of transformer layers), "
+        "uniform (equal numbers of layer specs) or parameters (balance parameter counts).",
+        aliases=("--partition-method",))
     expert_model_parallel_size: int = option(1, "Expert-parallel degree for MoE layers; carved out of "
                                              "the data-parallel ranks.", minimum=1,
                                              aliases=("--moe-expert-parallel-size",))

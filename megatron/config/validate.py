@@ -114,6 +114,10 @@ def _check_pipeline(config: "RunConfig") -> None:
     if layers % pp:
         raise ConfigError(f"--num-layers {layers} is not divisible by --pipeline-model-parallel-size {pp}; "
                           f"every stage needs the same number of layers")
+    method = p.pipeline_partition_method
+    if method not in ("uniform", "parameters") and not (method.startswith("type:") and len(method) > 5):
+        raise ConfigError(f"--partition-method {method!r} is not a partition method DeepSpeed's PipelineModule knows; use "
+                          f"type:TransformerLayer, uniform or parameters")
     if schedule == "deepspeed" and config.zero.stage >= 2:
         raise ConfigError(f"--pipeline-schedule deepspeed with ZeRO-{config.zero.stage}: DeepSpeed's "
                           f"PipelineEngine only supports ZeRO-0/1; use --pipeline-schedule 1f1b (or "

@@ -39,6 +39,7 @@ def build_pipeline(config, initialize: Callable, construction_context=None):
             raise ValueError(f"--pipeline-schedule deepspeed cannot use ZeRO-{config.zero.stage} (DeepSpeed's "
                              f"PipelineEngine supports ZeRO-0/1); use --pipeline-schedule 1f1b or interleaved")
         module = GPTPipelineModule(config.model, sequence_parallel=parallel.sequence_parallel,
+                                   partition_method=parallel.pipeline_partition_method,
                                    activation_checkpoint_interval=1 if recompute.recompute_granularity == "full" else 0,
                                    recompute_core_attention=recompute.recompute_granularity == "selective")
         engine = initialize(module, None)  # DeepSpeed takes the mpu from the module's grid

@@ -140,3 +140,16 @@ def test_validate_runs_on_stored_configs_too():
     stored["training"]["lr_warmup_iters"] = 3
     with pytest.raises(ConfigError, match="--lr-warmup-fraction 0.1 and --lr-warmup-iters 3 both set the warmup"):
         RunConfig.from_dict(stored)
+
+
+def test_pipeline_partition_method_flag_is_parsed_and_checked():
+    from megatron.config import ConfigError, parse_config
+
+    base = ["--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "16",
+            "--micro-batch-size", "1", "--global-batch-size", "4", "--train-iters", "2", "--lr", "1e-3",
+            "--pipeline-model-parallel-size", "2"]
+    config = parse_config(base + ["--partition-method", "uniform"], world_size=2)
+    assert config.parallel.pipeline_partition_method == "uniform"
+    assert parse_config(base, world_size=2).parallel.pipeline_partition_method == "type:TransformerLayer"
+    with pytest.raises(ConfigError, match=r"--partition-method 'balanced' is not a partition method DeepSpeed's PipelineModule"):
+        parse_config(base + ["--partition-method", "balanced"], world_size=2)
