@@ -89,10 +89,6 @@ def reduce_scatter_tensor(output, input_, group=None, op=ReduceOp.SUM, async_op=
     return ds_comm.reduce_scatter_tensor(output, input_, op=op, group=group, async_op=async_op)
 
 
-def all_to_all_single(output, input_, output_split_sizes=None, input_split_sizes=None, group=None):
-    return ds_comm.all_to_all_single(output, input_, output_split_sizes=output_split_sizes,
-                                     input_split_sizes=input_split_sizes, group=group)
-
 
 def broadcast(tensor, src, group=None):
     """``src`` is a global rank, as in torch.distributed."""
@@ -128,12 +124,6 @@ def batch_isend_irecv(p2p_ops):
     return ds_comm.batch_isend_irecv(p2p_ops)
 
 
-def isend(tensor, dst, group=None, tag=0):
-    return ds_comm.isend(tensor, dst, group=group, tag=tag)
-
-
-def irecv(tensor, src, group=None, tag=0):
-    return ds_comm.irecv(tensor, src, group=group, tag=tag)
 
 def destroy_world():
     """Leave the default process group; without it a rank can abort at interpreter exit."""

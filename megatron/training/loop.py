@@ -44,6 +44,7 @@ class TrainState:
     iteration: int = 0
     consumed_train_samples: int = 0
     losses: List[float] = field(default_factory=list)
+    history: List[dict] = field(default_factory=list)  # the logged records (train lines and evaluations)
 
 
 def train_step(engine, micro_batches: Iterator[dict], gradient_accumulation_steps: int):

@@ -56,8 +56,7 @@ def pretrain(config: RunConfig, printer=log_rank0) -> TrainState:
     peak, peak_source = device_peak_tflops(config.logging.peak_tflops_per_device)
     throughput = ThroughputModel(tokens_per_iteration=global_batch * config.model.seq_length,
                                  flops_per_iteration=flops_per_iteration(config, global_batch),
-                                 world_size=comm.get_world_size(), peak_tflops_per_device=peak,
-                                 peak_source=peak_source)
+                                 world_size=comm.get_world_size(), peak_tflops_per_device=peak)
     printer(f"> model: {sum(p.numel() for p in engine.module.parameters())} parameters on this rank; "
             f"global batch {global_batch} = micro {engine.train_micro_batch_size_per_gpu()} x grad acc "
             f"{engine.gradient_accumulation_steps()} x DP {ps.get_data_parallel_world_size()}; ZeRO stage "

@@ -22,7 +22,6 @@ class ThroughputModel:
     flops_per_iteration: float
     world_size: int
     peak_tflops_per_device: Optional[float]
-    peak_source: str
 
 
 def memory_figures() -> dict:

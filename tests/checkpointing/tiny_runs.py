@@ -55,7 +55,7 @@ def run_steps(engine, state: TrainState, until: int, on_iteration_end=None) -> T
     """Train with the project's loop from ``state`` to iteration ``until``; losses accumulate in state.losses."""
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     gas = engine.gradient_accumulation_steps()
-    progress = ProgressLog(log_interval=10 ** 6, throughput=ThroughputModel(1, 1.0, 1, None, "test"),
+    progress = ProgressLog(log_interval=10 ** 6, throughput=ThroughputModel(1, 1.0, 1, None),
                            metrics_file=None, tensorboard_dir=None, is_writer=False, printer=lambda _: None)
     batches = micro_batches(state.consumed_train_samples, MICRO, gas, dp, dp_rank)
     return train(engine, state=state, train_iters=until, gradient_accumulation_steps=gas,
