@@ -113,8 +113,11 @@ class SelfAttention(nn.Module):
         s, b = qkv.shape[:2]
         ng, q, hn = self.num_groups_per_rank, self.heads_per_group, self.head_dim
         qkv = qkv.view(s, b, ng, q + 2, hn)          # -> [s, b, ng/tp, q + 2, hn]
-        query = qkv[:, :, :, :q].reshape(s, b, ng * q, hn)   # [s, b, ng/tp, q, hn] -> [s, b, np/tp, hn]
-        key, value = qkv[:, :, :, q], qkv[:, :, :, q + 1]    # [s, b, ng/tp, hn] each
+        # split, not three slices: its backward writes the gradient once (a cat) instead of zero-filling a
+        # full qkv-sized tensor per slice and summing them.
+        query, key, value = qkv.split([q, 1, 1], dim=3)
+        query = query.reshape(s, b, ng * q, hn)               # [s, b, ng/tp, q, hn] -> [s, b, np/tp, hn]
+        key, value = key.squeeze(3), value.squeeze(3)         # [s, b, ng/tp, hn] each
 
         if self.rotary is not None:
             if position_ids is None:

@@ -49,8 +49,11 @@ class MLP(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         intermediate = self.linear_fc1(hidden_states)            # [s, b, ffn/tp] or [s, b, 2 ffn/tp]
         if self.swiglu:
-            pairs = intermediate.unflatten(-1, (self.ffn_per_rank, 2))   # [s, b, 2 ffn/tp] -> [s, b, ffn/tp, 2]
-            intermediate = F.silu(pairs[..., 0]) * pairs[..., 1]         # -> [s, b, ffn/tp]
+            # [s, b, 2 ffn/tp] -> [s, b, ffn/tp, 2] -> [s, b, 2, ffn/tp]: one de-interleaving copy makes the
+            # gate and up halves contiguous, which costs less than SiLU and its backward on stride-2 views.
+            pairs = intermediate.unflatten(-1, (self.ffn_per_rank, 2)).transpose(-1, -2).contiguous()
+            gate, up = pairs.unbind(-2)                                  # [s, b, ffn/tp] each
+            intermediate = F.silu(gate) * up
         else:
             intermediate = F.gelu(intermediate, approximate="tanh")
         return self.linear_fc2(intermediate)

@@ -6,9 +6,11 @@ softmax, so memory stays at one [.., V/p] tensor.
 
 Label smoothing follows ``torch.nn.functional.cross_entropy``: with smoothing eps over V classes,
 loss = (1 - eps) * nll(target) + eps * mean_v(-log p_v), where V is the (padded) vocabulary of the logits.
+At TP = 1 that is exactly ``F.cross_entropy`` in fp32, which is what runs there (its fused kernels are faster).
 """
 
 import torch
+import torch.nn.functional as F
 
 from megatron.core import comm
 from megatron.core import parallel_state as ps
@@ -40,14 +42,15 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         predicted = logits.gather(-1, local_target.unsqueeze(-1)).squeeze(-1).masked_fill(outside, 0.0)
         predicted = _tp_all_reduce(predicted)
 
-        exp_logits = logits.exp()
-        sum_exp = _tp_all_reduce(exp_logits.sum(dim=-1))
-        log_sum_exp = sum_exp.log()
-        loss = log_sum_exp - predicted
-
         if label_smoothing > 0:
             # mean_v(-log p_v) = log_sum_exp - mean_v(logits), with the mean over the global vocabulary.
             sum_logits = _tp_all_reduce(logits.sum(dim=-1))
+
+        exp_logits = logits.exp_()  # in place: ``logits`` is our own shifted copy and is not needed after this
+        sum_exp = _tp_all_reduce(exp_logits.sum(dim=-1))
+        log_sum_exp = sum_exp.log()
+        loss = log_sum_exp - predicted
+        if label_smoothing > 0:
             smooth_loss = log_sum_exp - sum_logits / global_vocab
             loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth_loss
 
@@ -76,4 +79,10 @@ def vocab_parallel_cross_entropy(vocab_parallel_logits: torch.Tensor, target: to
     """Per-token loss [..] for logits [.., V/p] sharded over the TP group and integer targets [..]."""
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if ps.get_tensor_model_parallel_world_size() == 1:
+        # The whole vocabulary is here: torch's fused log-softmax does in two passes over the logits (and two
+        # in backward) what the sharded form needs five for. Same definition, fp32 as above.
+        loss = F.cross_entropy(vocab_parallel_logits.float().flatten(0, -2), target.flatten(), reduction="none",
+                               label_smoothing=label_smoothing)
+        return loss.view(target.shape)
     return _VocabParallelCrossEntropy.apply(vocab_parallel_logits, target, label_smoothing)
