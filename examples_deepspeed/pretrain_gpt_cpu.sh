@@ -7,6 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup_env.sh
 export DS_ACCELERATOR=cpu OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+# glibc malloc tuned for training (megatron/training/host_allocator.py): large tensors are reused instead of
+# being unmapped and page-faulted back in every step.
+export MALLOC_MMAP_MAX_=${MALLOC_MMAP_MAX_:-0} MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-68719476736}
 RUN_DIR=${RUN_DIR:-runs/gpt_cpu_tp2_zero1}
 
 exec deepspeed --num_gpus 2 --master_port "${MASTER_PORT:-29512}" pretrain_gpt_ds.py \

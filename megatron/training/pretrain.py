@@ -3,6 +3,8 @@
 import os
 from typing import Optional
 
+from deepspeed.accelerator import get_accelerator
+
 from megatron.checkpointing import Checkpointer
 from megatron.config import RunConfig
 from megatron.core import comm
@@ -10,6 +12,7 @@ from megatron.core import parallel_state as ps
 from megatron.core.tensor_parallel import set_random_seed
 from megatron.training.data_setup import TrainingData, build_training_data
 from megatron.training.engine import build_engine
+from megatron.training.host_allocator import host_allocator_note
 from megatron.training.loop import TrainState, train
 from megatron.training.model_setup import build_model, flops_per_iteration
 from megatron.training.peak_flops import device_peak_tflops
@@ -46,6 +49,9 @@ def metrics_path(config: RunConfig) -> Optional[str]:
 def pretrain(config: RunConfig, printer=log_rank0) -> TrainState:
     """Runs the whole job on an initialised world (``comm.init_distributed()``); returns the final state."""
     initialize_parallel(config, printer)
+    allocator_note = host_allocator_note(get_accelerator().device_name())
+    if allocator_note:
+        printer(allocator_note)
     set_random_seed(config.training.seed)
     data: TrainingData = build_training_data(config, printer)
     config = config.with_vocab(data.tokenizer.vocab_size)
