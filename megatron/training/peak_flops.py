@@ -2,7 +2,9 @@
 
 MFU is only meaningful against a stated peak, so the training log prints which one it used. On NVIDIA GPUs
 it is the datasheet's dense bf16/fp16 tensor-core figure for the detected model; on CPUs there is no such
-datasheet number for a given container, so we measure this machine's fp32 GEMM rate once at start-up.
+datasheet number for a given container, so we measure this machine's GEMM rate once at start-up, in the
+run's compute dtype (fp32, or bf16/fp16 under mixed precision: a CPU with bf16 dot-product instructions
+multiplies bf16 about twice as fast, and MFU against the fp32 rate would then exceed 100%).
 ``--peak-tflops-per-device`` overrides both.
 """
 
@@ -16,11 +18,12 @@ _GPU_PEAK_TFLOPS = (
     ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0), ("A10G", 70.0), ("V100", 125.0), ("MI300X", 1307.0),
     ("MI250X", 383.0),
 )
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-def measure_cpu_gemm_tflops(size: int = 1024, seconds: float = 0.5) -> float:
-    """This machine's fp32 matmul rate with the current torch thread count (the model's GEMM dtype here)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def measure_cpu_gemm_tflops(size: int = 1024, seconds: float = 0.5, dtype: torch.dtype = torch.float32) -> float:
+    """This machine's matmul rate in ``dtype`` with the current torch thread count."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.mm(a, b)  # warm-up: first call allocates and picks a kernel
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -30,15 +33,16 @@ def measure_cpu_gemm_tflops(size: int = 1024, seconds: float = 0.5) -> float:
     return 2.0 * size ** 3 * count / elapsed / 1e12
 
 
-def device_peak_tflops(override=None):
-    """(peak TFLOP/s per device, a short description of where the number comes from)."""
+def device_peak_tflops(override=None, dtype: torch.dtype = torch.float32):
+    """(peak TFLOP/s per device, a short description of where the number comes from); ``dtype`` is the
+    run's GEMM dtype (measured on CPUs; GPU figures are the bf16/fp16 tensor-core peak whatever it is)."""
     if override:
         return float(override), "given by --peak-tflops-per-device"
     from deepspeed.accelerator import get_accelerator
 
     accelerator = get_accelerator()
     if accelerator.device_name() == "cpu":
-        return measure_cpu_gemm_tflops(), "measured fp32 GEMM of this CPU"
+        return measure_cpu_gemm_tflops(dtype=dtype), f"measured {_DTYPE_NAMES.get(dtype, dtype)} GEMM of this CPU"
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else accelerator.device_name()
     for fragment, peak in _GPU_PEAK_TFLOPS:
         if fragment in name:

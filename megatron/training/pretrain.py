@@ -3,6 +3,7 @@
 import os
 from typing import Optional
 
+import torch
 from deepspeed.accelerator import get_accelerator
 
 from megatron.checkpointing import Checkpointer
@@ -59,7 +60,9 @@ def pretrain(config: RunConfig, printer=log_rank0) -> TrainState:
 
     training = config.training
     global_batch = engine.train_batch_size()
-    peak, peak_source = device_peak_tflops(config.logging.peak_tflops_per_device)
+    precision = config.precision
+    compute_dtype = torch.bfloat16 if precision.bf16 else torch.float16 if precision.fp16 else torch.float32
+    peak, peak_source = device_peak_tflops(config.logging.peak_tflops_per_device, compute_dtype)
     throughput = ThroughputModel(tokens_per_iteration=global_batch * config.model.seq_length,
                                  flops_per_iteration=flops_per_iteration(config, global_batch),
                                  world_size=comm.get_world_size(), peak_tflops_per_device=peak)

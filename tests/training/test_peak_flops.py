@@ -1,0 +1,16 @@
+"""The peak that MFU is stated against: measured on CPU in the run's GEMM dtype, or given by the user."""
+
+import torch
+
+from megatron.training.peak_flops import device_peak_tflops
+
+
+def test_cpu_peak_is_measured_in_the_runs_gemm_dtype():
+    fp32, fp32_source = device_peak_tflops(dtype=torch.float32)
+    bf16, bf16_source = device_peak_tflops(dtype=torch.bfloat16)
+    assert fp32_source == "measured fp32 GEMM of this CPU" and fp32 > 0
+    assert bf16_source == "measured bf16 GEMM of this CPU" and bf16 > 0
+
+
+def test_a_given_peak_overrides_the_measurement():
+    assert device_peak_tflops(override=123.0, dtype=torch.bfloat16) == (123.0, "given by --peak-tflops-per-device")
