@@ -1,12 +1,13 @@
-"""Megatron's learning-rate schedule and optimizer parameter groups."""
+"""Megatron's learning-rate schedule, optimizer parameter groups and the AdamW built from them."""
 
+import copy
 import math
 
 import pytest
 import torch
 
 from megatron.training.lr_schedule import WarmupDecayLR
-from megatron.training.optimizer import param_groups
+from megatron.training.optimizer import build_optimizer, param_groups
 
 
 def _schedule(style, warmup=10, decay=110, max_lr=1.0, min_lr=0.1):
@@ -63,3 +64,21 @@ def test_no_weight_decay_on_biases_and_norms():
     assert {id(p) for p in groups["decay"]["params"]} == {id(model[0].weight), id(model[2].weight)}
     assert {id(p) for p in groups["no_decay"]["params"]} == {id(model[0].bias), id(model[1].weight),
                                                               id(model[1].bias)}
+
+
+def test_built_adamw_is_fused_and_matches_the_unfused_update():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 4))
+    reference = copy.deepcopy(model)
+    optimizer = build_optimizer(model, lr=1e-2, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, cpu_offload=False)
+    assert optimizer.defaults["fused"]  # torch 2.13 has a fused CPU AdamW
+    unfused = torch.optim.AdamW(param_groups(reference, weight_decay=0.1), lr=1e-2, betas=(0.9, 0.95), eps=1e-8,
+                                foreach=False)
+    inputs = torch.randn(32, 8)
+    for _ in range(5):
+        for net, opt in ((model, optimizer), (reference, unfused)):
+            opt.zero_grad()
+            net(inputs).square().mean().backward()
+            opt.step()
+    for fused_param, unfused_param in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(fused_param, unfused_param, rtol=1e-6, atol=1e-7)
