@@ -1,11 +1,19 @@
-"""Training throughput of megatron-ds's model against Hugging Face `transformers`, side by side in one run.
+"""Training throughput of megatron-ds against Hugging Face `transformers`, side by side in one run.
 
-Same shape (~100M parameters), same sequence length, same DeepSpeed config (ZeRO-1, fp32, AdamW), one
-process (TP=1), same machine and thread count; each model trains a few warm-up steps and then a few timed
-steps, alternating so that machine noise hits both. Prints tokens/s, TFLOP/s and MFU per model and the
-ratio ours / HF per family.
+Same shape (~100M parameters), same sequence length, same DeepSpeed config (ZeRO-1, fp32, gradient clipping),
+one process (TP=1), same machine and threads. megatron-ds trains through its own engine builder (the path
+`pretrain_gpt_ds.py` takes: Megatron's parameter groups, torch's fused AdamW, Megatron's LR schedule); the
+Hugging Face model trains through `deepspeed.initialize` with torch's fused AdamW, the optimizer the
+`transformers` Trainer picks by default. The two alternate step by step, so machine noise hits both alike.
 
-    DS_ACCELERATOR=cpu python benchmarks/bench_vs_hf.py [--family gpt llama] [--steps 4] [--seq-length 512]
+Prints, per model, the median time of forward, backward and optimizer step, tokens/s, TFLOP/s and MFU, and
+per family the ratio ours / HF with the spread of the step-by-step ratios.
+
+The process runs with glibc malloc tuned for training (megatron/training/host_allocator.py), as
+examples_deepspeed/pretrain_gpt_cpu.sh does; it re-executes itself with those settings unless they are
+already set or --glibc-defaults is given (which measures both models with glibc's defaults instead).
+
+    DS_ACCELERATOR=cpu python benchmarks/bench_vs_hf.py [--family gpt llama] [--steps 8] [--seq-length 512]
 """
 
 import argparse
@@ -17,15 +25,7 @@ import time
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import deepspeed  # noqa: E402
-import torch  # noqa: E402
-
-from megatron.config import resolve_config  # noqa: E402
-from megatron.core import comm  # noqa: E402
-from megatron.core import parallel_state as ps  # noqa: E402
-from megatron.core.tensor_parallel import model_parallel_manual_seed  # noqa: E402
-from megatron.model import GPTModel, model_flops_per_token  # noqa: E402
-from megatron.training.peak_flops import device_peak_tflops  # noqa: E402
+from megatron.training.host_allocator import export_line, missing_settings  # noqa: E402 (torch-free)
 
 SHAPES = {
     # GPT-2 small: 12 x 768, 12 heads, GPT-2 vocabulary (~124M parameters with embeddings).
@@ -36,23 +36,34 @@ SHAPES = {
 }
 DS_CONFIG = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "train_batch_size": 1,
              "zero_optimization": {"stage": 1}, "gradient_clipping": 1.0, "steps_per_print": 10 ** 9}
+LR = 1e-4
 
 
-def ours(family, seq_length):
+def deepspeed_config(bf16):
+    return {**DS_CONFIG, "bf16": {"enabled": True}} if bf16 else dict(DS_CONFIG)
+
+
+def ours(family, seq_length, bf16=False):
+    """(engine, loss function, training FLOPs per token, parameters) built the way pretrain_gpt_ds.py builds them."""
+    from megatron.config import resolve_config
+    from megatron.model import GPTModel, model_flops_per_token
+    from megatron.training.engine import build_engine
+
     shape = dict(SHAPES[family])
     vocab_size = shape.pop("vocab_size")
     config = resolve_config({**shape, "seq_length": seq_length, "max_position_embeddings": seq_length,
-                             "micro_batch_size": 1, "global_batch_size": 1, "train_iters": 1, "lr": 1e-4,
-                             "hidden_dropout": 0.0, "attention_dropout": 0.0}, world_size=1).with_vocab(vocab_size)
-    model = GPTModel(config.model)
+                             "train_iters": 1000, "lr": LR, "hidden_dropout": 0.0, "attention_dropout": 0.0},
+                            deepspeed_config=deepspeed_config(bf16), world_size=1).with_vocab(vocab_size)
+    engine = build_engine(config, lambda: GPTModel(config.model))
 
-    def loss_fn(engine, tokens):
-        per_token = engine(tokens[:, :-1], labels=tokens[:, 1:])
-        return per_token.mean()
-    return model, loss_fn, model_flops_per_token(config.model), config.model.padded_vocab_size
+    def loss_fn(tokens):
+        return engine(tokens[:, :-1], labels=tokens[:, 1:]).mean()
+    return engine, loss_fn, model_flops_per_token(config.model)
 
 
-def hugging_face(family, seq_length):
+def hugging_face(family, seq_length, bf16=False):
+    import deepspeed
+    import torch
     import transformers
 
     shape = SHAPES[family]
@@ -70,78 +81,109 @@ def hugging_face(family, seq_length):
                                              vocab_size=shape["vocab_size"], max_position_embeddings=seq_length)
         model = transformers.LlamaForCausalLM(hf_config)
     model.config._attn_implementation = "sdpa"
+    # Training needs no key/value cache; with the default use_cache=True the HF model would also build one.
+    model.config.use_cache = False
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, fused=True)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(bf16))
 
-    def loss_fn(engine, tokens):
+    def loss_fn(tokens):
+        # HF shifts the labels inside: inputs and labels are the same seq_length tokens.
         return engine(input_ids=tokens[:, :-1], labels=tokens[:, :-1]).loss
-    return model, loss_fn, None, shape["vocab_size"]
+    return engine, loss_fn
 
 
-def make_engine(model):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=dict(DS_CONFIG))
-    return engine
+def timed_step(engine, loss_fn, tokens):
+    """Seconds spent in forward, backward and the optimizer step of one training step."""
+    start = time.perf_counter()
+    loss = loss_fn(tokens)
+    forward_done = time.perf_counter()
+    engine.backward(loss)
+    backward_done = time.perf_counter()
+    engine.step()
+    return forward_done - start, backward_done - forward_done, time.perf_counter() - backward_done
 
 
-def time_steps(engine, loss_fn, batches):
-    times = []
-    for tokens in batches:
-        start = time.perf_counter()
-        loss = loss_fn(engine, tokens)
-        engine.backward(loss)
-        engine.step()
-        times.append(time.perf_counter() - start)
-    return times
+def reexec_with_tuned_allocator_if_needed(args):
+    missing = missing_settings()
+    if args.glibc_defaults or not missing:
+        return
+    print(f"re-running with glibc malloc tuned for training: {export_line(missing)}", flush=True)
+    os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, **missing})
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", nargs="+", default=["gpt", "llama"], choices=sorted(SHAPES))
     parser.add_argument("--seq-length", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per model per round")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (ours, HF, ours, HF, ...)")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per model (they alternate)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model first")
+    parser.add_argument("--bf16", action="store_true", help="both in bf16 (the DeepSpeed config's bf16 block)")
+    parser.add_argument("--glibc-defaults", action="store_true",
+                        help="measure with glibc's default malloc settings instead of the tuned ones")
     args = parser.parse_args()
+    reexec_with_tuned_allocator_if_needed(args)
+
+    import torch
+    from deepspeed.utils import logger
+
+    from megatron.core import comm
+    from megatron.core import parallel_state as ps
+    from megatron.core.tensor_parallel import model_parallel_manual_seed
+    from megatron.training.peak_flops import device_peak_tflops
 
     comm.init_distributed("gloo")
     ps.initialize_model_parallel(1)
-    from deepspeed.utils import logger
     logger.setLevel("WARNING")
-    peak, peak_source = device_peak_tflops()
+    gemm_dtype = torch.bfloat16 if args.bf16 else torch.float32
+    peak, peak_source = device_peak_tflops(dtype=gemm_dtype)
+    allocator = "glibc defaults" if missing_settings() else "glibc malloc tuned"
     print(f"threads {torch.get_num_threads()}, peak {peak:.3f} TFLOP/s ({peak_source}), seq {args.seq_length}, "
-          f"micro-batch 1, ZeRO-1 fp32 AdamW")
-    rows = []
+          f"micro-batch 1, ZeRO-1 {'bf16' if args.bf16 else 'fp32'}, fused AdamW, {allocator}")
+    rows, ratios = [], {}
     for family in args.family:
         model_parallel_manual_seed(1234)
-        built = {"megatron-ds": ours(family, args.seq_length), "transformers": hugging_face(family, args.seq_length)}
-        flops_per_token = built["megatron-ds"][2]  # the same count for both: identical shapes
-        engines = {name: make_engine(model) for name, (model, _, _, _) in built.items()}
-        vocab = min(vocab for _, _, _, vocab in built.values())
+        our_engine, our_loss, flops_per_token = ours(family, args.seq_length, args.bf16)
+        hf_engine, hf_loss = hugging_face(family, args.seq_length, args.bf16)
+        runs = {"megatron-ds": (our_engine, our_loss), "transformers": (hf_engine, hf_loss)}
+        vocab = SHAPES[family]["vocab_size"]
         generator = torch.Generator().manual_seed(0)
         batch = lambda: torch.randint(0, vocab, (1, args.seq_length + 1), generator=generator)  # noqa: E731
-        times = {name: [] for name in built}
-        for name in built:  # warm-up: allocator, kernels, optimizer state
-            time_steps(engines[name], built[name][1], [batch() for _ in range(2)])
-        for _ in range(args.rounds):
-            for name in built:
-                times[name] += time_steps(engines[name], built[name][1], [batch() for _ in range(args.steps)])
-            # The GEMM peak is re-measured between rounds and the best kept: on a shared machine a single
-            # start-up measurement can land in a busy moment and inflate MFU.
-            peak = max(peak, device_peak_tflops()[0])
-        for name in built:
-            seconds = statistics.median(times[name])
-            tokens_per_second = args.seq_length / seconds
-            tflops = flops_per_token * tokens_per_second / 1e12  # training FLOPs (fwd + bwd)
-            parameters = sum(p.numel() for p in built[name][0].parameters())
-            rows.append((family, name, parameters, tokens_per_second, tflops, tflops / peak))
-        for engine in engines.values():
+        for name, (engine, loss_fn) in runs.items():  # warm-up: allocator, kernels, optimizer state
+            for _ in range(args.warmup):
+                timed_step(engine, loss_fn, batch())
+        phases = {name: [] for name in runs}
+        for step in range(args.steps):
+            tokens = batch()  # the same tokens for both
+            for name, (engine, loss_fn) in runs.items():
+                phases[name].append(timed_step(engine, loss_fn, tokens))
+            if step == args.steps // 2:
+                # The GEMM peak is re-measured midway and the best kept: on a shared machine a single start-up
+                # measurement can land in a busy moment and inflate MFU.
+                peak = max(peak, device_peak_tflops(dtype=gemm_dtype)[0])
+        pair_ratios = [sum(hf) / sum(our) for our, hf in zip(phases["megatron-ds"], phases["transformers"])]
+        ratios[family] = pair_ratios
+        for name, (engine, _) in runs.items():
+            forward, backward, optimizer = (statistics.median(column) for column in zip(*phases[name]))
+            step_seconds = statistics.median(sum(step) for step in phases[name])
+            tokens_per_second = args.seq_length / step_seconds
+            tflops = flops_per_token * tokens_per_second / 1e12  # training FLOPs (fwd + bwd), same count for both
+            parameters = sum(p.numel() for p in engine.module.parameters())
+            rows.append((family, name, parameters, forward, backward, optimizer, tokens_per_second, tflops,
+                         tflops / peak))
             engine.destroy()
-    print(f"peak used for MFU: {peak:.3f} TFLOP/s (best of the measurements)")
-    print(f"\n{'family':<7} {'implementation':<14} {'params':>12} {'tokens/s':>10} {'TFLOP/s':>9} {'MFU':>7}")
-    for family, name, parameters, tokens_per_second, tflops, mfu in rows:
-        print(f"{family:<7} {name:<14} {parameters:>12,} {tokens_per_second:>10.1f} {tflops:>9.4f} {mfu * 100:>6.1f}%")
+    print(f"peak used for MFU: {peak:.3f} TFLOP/s (best of the measurements)\n")
+    print(f"{'family':<7} {'implementation':<14} {'params':>12} {'fwd s':>7} {'bwd s':>7} {'optim s':>8} "
+          f"{'tokens/s':>9} {'TFLOP/s':>8} {'MFU':>6}")
+    for family, name, parameters, forward, backward, optimizer, tokens_per_second, tflops, mfu in rows:
+        print(f"{family:<7} {name:<14} {parameters:>12,} {forward:>7.3f} {backward:>7.3f} {optimizer:>8.3f} "
+              f"{tokens_per_second:>9.1f} {tflops:>8.4f} {mfu * 100:>5.1f}%")
+    print()
     for family in args.family:
-        ours_tps = next(r[3] for r in rows if r[0] == family and r[1] == "megatron-ds")
-        hf_tps = next(r[3] for r in rows if r[0] == family and r[1] == "transformers")
-        print(f"{family}: megatron-ds / transformers tokens/s = {ours_tps / hf_tps:.2f}x")
+        ours_tps = next(r[6] for r in rows if r[0] == family and r[1] == "megatron-ds")
+        hf_tps = next(r[6] for r in rows if r[0] == family and r[1] == "transformers")
+        spread = sorted(ratios[family])
+        print(f"{family}: megatron-ds / transformers tokens/s = {ours_tps / hf_tps:.3f}x (step-by-step ratios "
+              f"{spread[0]:.3f} .. {spread[-1]:.3f}, ours faster in {sum(r > 1 for r in spread)}/{len(spread)})")
     ps.destroy_model_parallel()
     comm.destroy_world()
 
