@@ -59,20 +59,11 @@ def _save_tiny(save_dir, steps=1, ffn=None, zero=1):
     engine.destroy()
 
 
-def _load_error(load_dir, ffn=None, zero=1, universal=False):
+def _load_error(load_dir, **kwargs):
     """Load into a fresh engine; return the error message (None if it loaded)."""
-    from megatron.checkpointing import CheckpointError, load_checkpoint
-    from tests.checkpointing.tiny_runs import build_tiny_engine
+    from tests.checkpointing.tiny_runs import load_error_message
 
-    kwargs = {"ffn": ffn} if ffn else {}
-    engine = build_tiny_engine(tp=1, zero=zero, **kwargs)
-    try:
-        load_checkpoint(engine, load_dir, universal=universal, log=lambda _: None)
-    except CheckpointError as error:
-        return str(error)
-    finally:
-        engine.destroy()
-    return None
+    return load_error_message(load_dir, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -73,17 +73,10 @@ def _save(save_dir):
 
 
 def _load_message(load_dir, universal):
-    from megatron.checkpointing import UnsafeCheckpointError, load_checkpoint
-    from tests.checkpointing.tiny_runs import build_tiny_engine
+    from megatron.checkpointing import UnsafeCheckpointError
+    from tests.checkpointing.tiny_runs import load_error_message
 
-    engine = build_tiny_engine(tp=1, zero=1)
-    try:
-        load_checkpoint(engine, load_dir, universal=universal, log=lambda _: None)
-    except UnsafeCheckpointError as error:
-        return str(error)
-    finally:
-        engine.destroy()
-    return None
+    return load_error_message(load_dir, error_type=UnsafeCheckpointError, universal=universal)
 
 
 @pytest.fixture(scope="module")

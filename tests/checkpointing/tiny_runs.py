@@ -9,6 +9,7 @@ changes the losses.
 import deepspeed
 import torch
 
+from megatron.checkpointing import CheckpointError, load_checkpoint
 from megatron.core import parallel_state as ps
 from megatron.core.tensor_parallel import set_random_seed
 from megatron.training.loop import TrainState, train
@@ -49,6 +50,20 @@ def build_tiny_engine(tp: int = 1, zero: int = 1, *, dropout: float = 0.1, seed:
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=config,
                                            mpu=mpu)
     return engine
+
+
+def load_error_message(load_dir, *, error_type=CheckpointError, zero: int = 1, ffn: int = FFN,
+                       universal: bool = False):
+    """Load ``load_dir`` into a fresh TP=1 engine; the message of the ``error_type`` it raised, or None if it
+    loaded."""
+    engine = build_tiny_engine(tp=1, zero=zero, ffn=ffn)
+    try:
+        load_checkpoint(engine, load_dir, universal=universal, log=lambda _: None)
+    except error_type as error:
+        return str(error)
+    finally:
+        engine.destroy()
+    return None
 
 
 def run_steps(engine, state: TrainState, until: int, on_iteration_end=None) -> TrainState:
