@@ -1,8 +1,9 @@
 """What the pipeline parity tests share: tiny GPT/Llama configs, fixed data, the single-rank twin.
 
-Every pipelined run starts from the weights of the same non-pipeline GPTModel (drawn from SEED at this rank's
-TP size, then copied in through the name mapping of param_names.py), trains STEPS steps on the same global
-batches with AdamW and active gradient clipping, and must report the losses of the single-rank run.
+Every pipelined run initialises itself from SEED (each stage draws its own layers' values, nothing is copied
+between runs), at the default vocabulary padding (120 ids: 128 rows at TP=1, 256 at TP=2), trains STEPS
+steps on the same global batches with AdamW and active gradient clipping, and must report the losses of the
+single-rank run.
 
 The GPT data packs documents: EOD tokens split each sample, and the batches carry position ids and attention
 masks reset at every document boundary, so a pipeline that dropped them would report other losses. Llama
@@ -37,10 +38,8 @@ def model_config(family: str, tensor_parallel: int, num_layers: int = 4):
     from megatron.config.model import ModelConfig
 
     config = ModelConfig(num_layers=num_layers, hidden_size=32, num_attention_heads=4, seq_length=SEQ,
-                         attention_dropout=0.0, hidden_dropout=0.0, make_vocab_size_divisible_by=64,
-                         **FAMILIES[family])
-    # 120 ids pad to 128 at TP 1 and 2 alike, so every TP size trains the same model.
-    return config.with_vocab(VOCAB, tensor_parallel)
+                         attention_dropout=0.0, hidden_dropout=0.0, **FAMILIES[family])
+    return config.with_vocab(VOCAB, tensor_parallel)  # padded as a run at this TP size pads it
 
 
 def micro_batch(family: str, step: int, index: int) -> dict:
@@ -75,14 +74,6 @@ def deepspeed_config(micro_batches: int, data_parallel_size: int, zero_stage: in
     return config
 
 
-def reference_model_state(config) -> dict:
-    """This TP rank's shards of the non-pipeline GPTModel drawn from SEED (the same full model at any TP)."""
-    from megatron.model import GPTModel
-
-    torch.manual_seed(SEED)
-    return {name: tensor.clone() for name, tensor in GPTModel(config).state_dict().items()}
-
-
 def optimizer_for(module: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(module.parameters(), lr=LR, weight_decay=0.01)
 
@@ -104,8 +95,7 @@ def _serial_run(family: str, micro_batches: int, num_layers: int, drop_documents
 
     ps.initialize_model_parallel()
     config = model_config(family, 1, num_layers)
-    torch.manual_seed(SEED)
-    model = GPTModel(config)
+    model = GPTModel(config, init_seed=SEED)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer_for(model),
                                       config=deepspeed_config(micro_batches, 1, 0), mpu=ps.get_deepspeed_mpu())
     losses, norms = [], []

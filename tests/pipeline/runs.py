@@ -1,19 +1,10 @@
 """Rank-side training runs of the two pipeline forms, started by the tests on a rank pool.
 
-Each returns the per-step losses and global grad norms this rank saw (equal on every rank), after loading
-the reference GPTModel weights through the name mapping.
+Each returns the per-step losses and global grad norms this rank saw (equal on every rank). Every stage
+initialises itself from SEED: nothing is copied from the single-rank model.
 """
 
-import torch
-
-from tests.pipeline.parity import (
-    STEPS,
-    deepspeed_config,
-    model_config,
-    optimizer_for,
-    rank_micro_batches,
-    reference_model_state,
-)
+from tests.pipeline.parity import SEED, STEPS, deepspeed_config, model_config, optimizer_for, rank_micro_batches
 
 
 def _layout(tensor_parallel: int, pipeline_parallel: int):
@@ -30,13 +21,12 @@ def deepspeed_schedule_losses(family: str, zero_stage: int, micro_batches: int =
     """GPTPipelineModule in DeepSpeed's PipelineEngine, trained with engine.train_batch."""
     import deepspeed
 
-    from megatron.pipeline import GPTPipelineModule, load_model_state, pipe_batches, prepare_pipeline_engine
+    from megatron.pipeline import GPTPipelineModule, pipe_batches, prepare_pipeline_engine
 
     dp, dp_rank = _layout(tensor_parallel, pipeline_parallel)
     config = model_config(family, tensor_parallel)
     module = GPTPipelineModule(config, partition_method=partition_method,
-                               activation_checkpoint_interval=activation_checkpoint_interval)
-    load_model_state(module, reference_model_state(config), module.to_model_name)
+                               activation_checkpoint_interval=activation_checkpoint_interval, init_seed=SEED)
     engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer_for(module),
                                       config=deepspeed_config(micro_batches, dp, zero_stage, bf16, zero_options, extra))
     prepare_pipeline_engine(engine)
@@ -59,14 +49,13 @@ def megatron_schedule_losses(family: str, zero_stage: int, micro_batches: int = 
     """
     import deepspeed
 
-    from megatron.pipeline import StageMPU, build_stage_chunks, load_model_state, scheduled_pipeline
+    from megatron.pipeline import StageMPU, build_stage_chunks, scheduled_pipeline
 
     dp, dp_rank = _layout(tensor_parallel, pipeline_parallel)
     config = model_config(family, tensor_parallel, num_layers)
-    # Built outside deepspeed.zero.Init so the reference weights can be copied in; ZeRO-3 partitions them
-    # when the engine is created.
-    chunks = build_stage_chunks(config, num_chunks=num_chunks, sequence_parallel=sequence_parallel)
-    load_model_state(chunks, reference_model_state(config), chunks.to_model_name)
+    # Built outside deepspeed.zero.Init (ZeRO-3 partitions the weights when the engine is created); the
+    # product's path under zero.Init is proven in tests/training/test_layout_invariance.py.
+    chunks = build_stage_chunks(config, num_chunks=num_chunks, sequence_parallel=sequence_parallel, init_seed=SEED)
     engine, *_ = deepspeed.initialize(model=chunks, optimizer=optimizer_for(chunks), mpu=StageMPU(),
                                       config=deepspeed_config(micro_batches, dp, zero_stage, bf16, zero_options, extra))
     pipeline = scheduled_pipeline(engine, config, sequence_parallel=sequence_parallel)
@@ -94,8 +83,7 @@ def serial_eval_after_training(family: str, micro_batches: int) -> float:
 
     ps.initialize_model_parallel()
     config = model_config(family, 1)
-    torch.manual_seed(1234)
-    model = GPTModel(config)
+    model = GPTModel(config, init_seed=SEED)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer_for(model), mpu=ps.get_deepspeed_mpu(),
                                       config=deepspeed_config(micro_batches, 1, 0))
     for step in range(STEPS):

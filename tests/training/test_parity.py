@@ -39,8 +39,7 @@ def _values(family, corpus, **overrides):
                   lr_decay_style="cosine", clip_grad=1.0, weight_decay=0.01, hidden_dropout=0.0,
                   attention_dropout=0.0, seed=1234, log_interval=STEPS, eval_interval=5, eval_iters=1,
                   data_path=[corpus["prefix"]], data_cache_path=corpus["cache"], split="98,2,0",
-                  tokenizer_type="NullTokenizer", vocab_size=VOCAB, num_workers=0,
-                  make_vocab_size_divisible_by=64)  # 128 ids pad to 128 at TP=1 and TP=2: the same model
+                  tokenizer_type="NullTokenizer", vocab_size=VOCAB, num_workers=0)  # default padding: 128/256 rows
     values.update(overrides)
     return values
 
