@@ -157,6 +157,8 @@ LEGACY_FLAGS: Dict[str, LegacyFlag] = {
     # --- settings that change training and have no equivalent -----------------------------------------
     "--fp32-residual-connection": _refuse("the residual stream keeps the compute dtype; train without "
                                           "--bf16/--fp16 for an fp32 model"),
+    "--embedding-weights-in-fp32": _refuse("the embedding lookup keeps the parameters' dtype; train without "
+                                           "--bf16/--fp16 for fp32 embeddings"),
     "--apply-layernorm-1p": _refuse("only plain LayerNorm / RMSNorm exist (--normalization)"),
     "--apply-residual-connection-post-layernorm": _refuse("only the pre-norm residual exists here"),
     "--openai-gelu": _refuse("the MLP uses torch's GeLU (or --swiglu)"),
