@@ -24,6 +24,7 @@ GLOBAL_BATCH=${GLOBAL_BATCH:-16}
 MICRO_BATCH=${MICRO_BATCH:-8}
 SAVE_AT=${SAVE_AT:-100}
 TRAIN_ITERS=${TRAIN_ITERS:-200}
+LR_WARMUP_ITERS=${LR_WARMUP_ITERS:-10}
 OUTPUT_DIR=${OUTPUT_DIR:-runs/universal_checkpointing}
 CHECKPOINT_PATH=${CHECKPOINT_PATH:-${OUTPUT_DIR}/checkpoint}
 mkdir -p "${OUTPUT_DIR}"
@@ -47,7 +48,7 @@ run() {
     --num-layers "${NUM_LAYERS}" --hidden-size "${HIDDEN_SIZE}" --num-attention-heads "${NUM_HEADS}" \
     --seq-length "${SEQ_LEN}" --max-position-embeddings "${SEQ_LEN}" \
     --micro-batch-size "${MICRO_BATCH}" --global-batch-size "${GLOBAL_BATCH}" \
-    --train-iters "${TRAIN_ITERS}" --lr 6.0e-3 --min-lr 6.0e-4 --lr-decay-style cosine --lr-warmup-iters 10 \
+    --train-iters "${TRAIN_ITERS}" --lr 6.0e-3 --min-lr 6.0e-4 --lr-decay-style cosine --lr-warmup-iters "${LR_WARMUP_ITERS}" \
     --weight-decay 0.1 --clip-grad 1.0 --init-method-std 0.02 --seed 1234 \
     --attention-dropout 0 --hidden-dropout 0 \
     --log-interval 1 --eval-interval 1000 --eval-iters 1 --num-workers 0 \
