@@ -88,7 +88,7 @@ def generate() -> str:
 
 def _legacy_flag_table():
     """Megatron-DeepSpeed / Megatron-LM flags without a field: accepted without effect, rewritten, or refused."""
-    from megatron.config.legacy_flags import LEGACY_FLAGS, TOKENIZER_NAMES
+    from megatron.config.legacy_flags import LEGACY_FLAGS, LEGACY_PREFIXES, TOKENIZER_NAMES
 
     meaning = {"noop": "no effect (logged once)", "rewrite": "read as", "refuse": "refused"}
     lines = ["", "## Megatron-DeepSpeed and Megatron-LM flags without a field", "",
@@ -102,6 +102,10 @@ def _legacy_flag_table():
         if spec.kind == "rewrite":
             shown += " `" + " ".join(spec.rewrite(["N"] if spec.takes else [])) + "`"
         lines.append(f"| `{flag}` | {shown} | {_cell(spec.text)} |")
+    lines += ["", "Megatron-LM feature families, by flag prefix (every flag starting so, with its values):", "",
+              "| Prefix | Disposition | Why / instead |", "|---|---|---|"]
+    lines += [f"| `{prefix}` | {meaning['refuse' if kind == 'rewrite' else kind]} | {_cell(text)} |"
+              for prefix, kind, text in LEGACY_PREFIXES]
     lines += ["", "Tokenizer names: " + ", ".join(f"`{old}` is `{new}`" for old, new in TOKENIZER_NAMES.items())
               + "; `--vocab-file`/`--merge-file` without `--tokenizer-type` means `GPT2BPETokenizer`."]
     return lines

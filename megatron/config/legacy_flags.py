@@ -273,6 +273,145 @@ for _takes, _flags in _NON_GPT_FLAGS.items():
     for _flag in _flags:
         LEGACY_FLAGS.setdefault(_flag, _refuse(_NOT_GPT, _takes))
 
+# Megatron-LM feature families this project does not have, by flag prefix (Megatron-LM's current
+# megatron/training/arguments.py). Flags owned by MoE, context parallelism or fault handling never match here.
+_LM_GPU = "a CUDA / NCCL / Transformer Engine performance option; communication and kernels are DeepSpeed's and " \
+          "torch's here"
+LEGACY_PREFIXES: Tuple[Tuple[str, str, str], ...] = (
+    ("--inference-", "noop", "a text-generation (inference server) setting; pre-training does not use it"),
+    ("--rl-", "refuse", "reinforcement-learning post-training is not part of this project"),
+    ("--grpo-", "refuse", "reinforcement-learning post-training is not part of this project"),
+    ("--langrl-", "refuse", "reinforcement-learning post-training is not part of this project"),
+    ("--perform-rl-step", "refuse", "reinforcement-learning post-training is not part of this project"),
+    ("--sft", "refuse", "supervised fine-tuning datasets are not built here; pre-train, then --finetune"),
+    ("--inprocess-", "refuse", "in-process restart is not built in; SIGTERM saves and --load resumes"),
+    ("--ft-", "refuse", "NVIDIA's fault-tolerance package is not used; SIGTERM saves and --load resumes"),
+    ("--enable-ft-package", "refuse", "NVIDIA's fault-tolerance package is not used"),
+    ("--calc-ft-timeouts", "refuse", "NVIDIA's fault-tolerance package is not used"),
+    ("--logits-", "refuse", "logit saving / distillation is not part of pre-training here"),
+    ("--muon-", "refuse", "the Muon optimizer is not available; use --optimizer adam or a DeepSpeed JSON optimizer"),
+    ("--lion-", "refuse", "the Lion optimizer is not available; use --optimizer adam or a DeepSpeed JSON optimizer"),
+    ("--fim-", "refuse", "fill-in-the-middle data is not built here"),
+    ("--yarn-", "refuse", "YaRN RoPE scaling is not implemented; use --rotary-base"),
+    ("--no-yarn-", "refuse", "YaRN RoPE scaling is not implemented; use --rotary-base"),
+    ("--rope-scaling", "refuse", "RoPE scaling is not implemented; use --rotary-base"),
+    ("--use-rope-scaling", "refuse", "RoPE scaling is not implemented; use --rotary-base"),
+    ("--rotary-scaling-factor", "refuse", "RoPE scaling is not implemented; use --rotary-base"),
+    ("--rotary-seq-len-interpolation-factor", "refuse", "RoPE scaling is not implemented; use --rotary-base"),
+    ("--rope-type", "refuse", "RoPE here is the standard (Llama) rotation"),
+    ("--no-rope-freq", "refuse", "RoPE here rotates every layer"),
+    ("--mscale", "refuse", "RoPE scaling is not implemented"),
+    ("--mamba-", "refuse", "Mamba / hybrid models are not implemented; this project trains GPT and Llama"),
+    ("--hybrid-", "refuse", "Mamba / hybrid models are not implemented; this project trains GPT and Llama"),
+    ("--linear-attention", "refuse", "linear attention is not implemented"),
+    ("--heterogeneous-layers", "refuse", "every layer has the same shape here"),
+    ("--q-lora-rank", "refuse", "multi-latent attention is not implemented"),
+    ("--kv-lora-rank", "refuse", "multi-latent attention is not implemented"),
+    ("--qk-head-dim", "refuse", "multi-latent attention is not implemented; use --kv-channels"),
+    ("--qk-pos-emb-head-dim", "refuse", "multi-latent attention is not implemented"),
+    ("--v-head-dim", "refuse", "multi-latent attention is not implemented; use --kv-channels"),
+    ("--cache-mla-latents", "refuse", "multi-latent attention is not implemented"),
+    ("--mla-", "refuse", "multi-latent attention is not implemented"),
+    ("--window-", "refuse", "sliding-window attention is not implemented"),
+    ("--relative-attention-", "refuse", "relative position buckets (T5) are not implemented"),
+    ("--megatron-fsdp-", "refuse", "sharding is DeepSpeed ZeRO here (zero_optimization.stage 3)"),
+    ("--fsdp-", "refuse", "sharding is DeepSpeed ZeRO here (zero_optimization.stage 3)"),
+    ("--torch-fsdp2-", "refuse", "sharding is DeepSpeed ZeRO here (zero_optimization.stage 3)"),
+    ("--data-parallel-sharding-strategy", "refuse", "sharding is DeepSpeed ZeRO here (zero_optimization.stage)"),
+    ("--outer-dp-sharding-strategy", "refuse", "sharding is DeepSpeed ZeRO here (zero_optimization.stage)"),
+    ("--enable-full-sharding-in-hsdp", "refuse", "sharding is DeepSpeed ZeRO here (zero_optimization.stage)"),
+    ("--num-distributed-optimizer-instances", "refuse", "optimizer sharding is DeepSpeed ZeRO here"),
+    ("--ddp-", "noop", "data parallelism is DeepSpeed's engine, not Megatron's DDP (bucketing is DeepSpeed's "
+                       "reduce_bucket_size in the JSON)"),
+    ("--cuda-graph", "noop", _LM_GPU),
+    ("--decode-only-cuda-graphs", "noop", _LM_GPU),
+    ("--optimizer-cuda-graph", "noop", _LM_GPU),
+    ("--use-nccl-ub", "noop", _LM_GPU),
+    ("--gtp-", "noop", _LM_GPU),
+    ("--disable-symmetric-registration", "noop", _LM_GPU),
+    ("--tp-comm-overlap-cfg", "noop", _LM_GPU),
+    ("--no-gradient-reduce-div-fusion", "noop", _LM_GPU),
+    ("--no-align-param-gather", "noop", _LM_GPU),
+    ("--overlap-param-gather-with-optimizer-step", "noop", _LM_GPU),
+    ("--create-all-gather-group", "noop", _LM_GPU),
+    ("--suggested-communication-unit-size", "noop", _LM_GPU),
+    ("--keep-fp8-transpose-cache", "noop", _LM_GPU),
+    ("--reuse-grad-buf-for-mxfp8-param-ag", "noop", _LM_GPU),
+    ("--no-pin-cpu-", "noop", _LM_GPU),
+    ("--overlap-cpu-optimizer-d2h-h2d", "noop", _LM_GPU),
+    ("--no-overlap-p2p-communication", "noop", _LM_GPU),
+    ("--no-use-layer-wise-param-layout", "noop", _LM_GPU),
+    ("--mla-down-proj-fusion", "noop", _LM_GPU),
+    ("--grad-reduce-in-bf16", "refuse", "gradient reduction dtype is DeepSpeed's: set "
+                                        "communication_data_type in the JSON"),
+    ("--ddp-reduce-scatter-with-fp32-accumulation", "noop", _LM_GPU),
+    ("--fp8-", "refuse", "fp8 training needs Transformer Engine on Hopper GPUs; use --bf16"),
+    ("--fp4-", "refuse", "fp4 training needs Transformer Engine on Blackwell GPUs; use --bf16"),
+    ("--te-", "refuse", "Transformer Engine recipes are not used (--use-transformer-engine selects its layers)"),
+    ("--kitchen-", "refuse", "NVIDIA Kitchen quantization recipes are not used"),
+    ("--one-logger", "noop", "NVIDIA's one-logger telemetry is not used; metrics go to the log, the metrics "
+                             "file and TensorBoard"),
+    ("--no-one-logger", "noop", "NVIDIA's one-logger telemetry is not used"),
+    ("--app-tag-", "noop", "NVIDIA's one-logger telemetry is not used"),
+    ("--otel-", "noop", "OpenTelemetry tracing is not used"),
+    ("--run-workload-inspector-server", "noop", "the workload inspector is not used"),
+    ("--enable-msc", "refuse", "multi-storage clients are not used; give local paths"),
+    ("--disable-msc", "noop", "multi-storage clients are not used"),
+    ("--object-storage-cache-path", "refuse", "object storage is not used; give local paths"),
+    ("--dist-ckpt-", "refuse", "checkpoints are DeepSpeed folders; --universal-checkpoint reshards them"),
+    ("--ckpt-", "refuse", "checkpoints are DeepSpeed folders with a manifest; these Megatron-LM options do not apply"),
+    ("--override-ckpt-iteration", "refuse", "point <load>/latest at the checkpoint you want"),
+    ("--exp-avg-", "refuse", "optimizer-state dtypes are DeepSpeed's (fp32 master state)"),
+    ("--main-grads-dtype", "refuse", "gradient dtypes are DeepSpeed's: data_types.grad_accum_dtype in the JSON"),
+    ("--main-params-dtype", "refuse", "master weights are DeepSpeed's (fp32 under bf16/fp16)"),
+    ("--use-precision-aware-optimizer", "refuse", "the optimizer is DeepSpeed's / torch's AdamW"),
+    ("--optimizer-cpu-offload", "refuse", "use --offload-optimizer cpu (ZeRO >= 1)"),
+    ("--optimizer-offload-fraction", "refuse", "use --offload-optimizer cpu (ZeRO >= 1); offload is all or nothing"),
+    ("--use-torch-optimizer-for-cpu-offload", "refuse", "use --offload-optimizer cpu (DeepSpeedCPUAdam)"),
+    ("--decoupled-", "refuse", "every parameter follows one LR schedule (--lr / --min-lr)"),
+    ("--no-weight-decay-cond-type", "refuse", "weight decay skips biases and norms (Megatron's default rule)"),
+    ("--apply-wd-to-qk-layernorm", "refuse", "query/key normalization is not implemented"),
+    ("--freeze-all-layers", "refuse", "every parameter trains here"),
+    ("--quick-geglu", "refuse", "the MLP uses GeLU or --swiglu"),
+    ("--spec", "refuse", "there is one layer implementation (no layer specs)"),
+    ("--yaml-cfg", "refuse", "configuration is flags plus the DeepSpeed JSON (docs/configuration.md)"),
+    ("--decoder-first-pipeline-num-layers", "refuse", "every pipeline stage holds the same number of layers"),
+    ("--decoder-last-pipeline-num-layers", "refuse", "every pipeline stage holds the same number of layers"),
+    ("--pipeline-model-parallel-layout", "refuse", "every pipeline stage holds the same number of layers"),
+    ("--num-virtual-stages-per-pipeline-rank", "rewrite", "use --num-layers-per-virtual-pipeline-stage"),
+    ("--data-args-path", "refuse", "give the blend with --data-path weight prefix ..."),
+    ("--per-split-data-args-path", "refuse", "give the splits with --train-data-path / --valid-data-path"),
+    ("--per-dataset-sequences-path", "refuse", "sample indices are built and cached here (--data-cache-path)"),
+    ("--mid-level-dataset-surplus", "noop", "blending here is exact (no surplus samples are drawn)"),
+    ("--dataloader-", "noop", "index files are memory-mapped and cached by rank 0 already"),
+    ("--allow-ambiguous-pad-tokens", "noop", "pre-training batches are packed and never padded"),
+    ("--check-for-large-grads", "noop", "non-finite losses stop the run; large gradients are clipped (--clip-grad)"),
+    ("--no-check-for-nan-in-loss-and-grad", "refuse", "a non-finite loss always stops the run"),
+    ("--result-rejected-tracker-filename", "refuse", "result validation is not built in"),
+    ("--phase-transition-iterations", "refuse", "a run has one set of flags; resume with --load and new flags"),
+    ("--dump-param-to-param-group-map", "noop", "parameter groups are Megatron's two (decay / no decay)"),
+    ("--output-logit-dtype", "refuse", "logits keep the compute dtype; the loss is computed in fp32"),
+    ("--fake-process-group", "refuse", "ranks are real processes here (use --num_gpus 1 for a single rank)"),
+    ("--enable-experimental", "noop", "there are no experimental switches here"),
+    ("--refit-method", "refuse", "reinforcement-learning post-training is not part of this project"),
+    ("--num-speculative-tokens", "noop", "a text-generation setting; pre-training does not use it"),
+    ("--enable-chunked-prefill", "noop", "a text-generation setting; pre-training does not use it"),
+    ("--use-legacy-static-engine", "noop", "a text-generation setting; pre-training does not use it"),
+    ("--use-same-sampling-seed-across-dp-ranks", "noop", "a text-generation setting; pre-training does not use it"),
+)
+
+
+def _prefix_rule(flag: str) -> Optional[LegacyFlag]:
+    """A family rule for a flag with no entry of its own; MANY because the parser has no positional
+    arguments: whatever follows the flag up to the next flag is its value(s)."""
+    for prefix, kind, text in LEGACY_PREFIXES:
+        if flag == prefix or flag.startswith(prefix if prefix.endswith("-") else prefix + "-"):
+            if kind == "rewrite":
+                return _refuse(text, MANY)
+            return LegacyFlag(MANY, kind, text)
+    return None
+
+
 # Megatron-DeepSpeed / Megatron-LM tokenizer names -> the implementation here.
 TOKENIZER_NAMES = {
     "GPTSentencePieceTokenizer": "SentencePieceTokenizer",
@@ -298,6 +437,8 @@ def translate_legacy_flags(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
         flag, inline = _split_assignment(tokens[index])
         index += 1
         spec = LEGACY_FLAGS.get(flag)
+        if spec is None and flag.startswith("--") and flag not in _own_flags():
+            spec = _prefix_rule(flag)
         if spec is None:
             if flag == "--tokenizer-type" and (inline is not None or index < len(tokens)):
                 name = inline if inline is not None else tokens[index]
@@ -325,6 +466,19 @@ def translate_legacy_flags(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
             raise ConfigError(f"{shown}: {problem}")
         notes.append(f"flag {shown} has no effect here because {spec.text}")
     return result, notes
+
+
+def _own_flags():
+    """Flags the generated parser defines; a family rule never shadows one of them."""
+    global _OWN_FLAGS
+    if _OWN_FLAGS is None:
+        from megatron.config.cli import build_parser
+
+        _OWN_FLAGS = frozenset(build_parser()._option_string_actions)
+    return _OWN_FLAGS
+
+
+_OWN_FLAGS = None
 
 
 def _take_values(flag: str, takes, inline: Optional[str], tokens: List[str], index: int) -> List[str]:
