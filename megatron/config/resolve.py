@@ -49,8 +49,9 @@ def resolve_config(values: Optional[Mapping[str, Any]] = None, *,
     unknown = sorted(name for name in values if name not in _FIELDS or not _FIELDS[name].metadata.get(CLI, True))
     if unknown:
         raise ConfigError(f"unknown or derived configuration fields {unknown}; see docs/configuration.md")
-    if isinstance(values.get("data_path"), list):
-        values["data_path"] = tuple(values["data_path"])
+    for name, value in values.items():  # as the command line gives them (data paths, --rampup-batch-size)
+        if isinstance(value, list):
+            values[name] = tuple(value)
     return _resolve(values, {}, deepspeed_config, world_size, [])
 
 

@@ -36,6 +36,8 @@ def _pretrain(values, deepspeed_config=None):
                             world_size=comm.get_world_size())
     state = pretrain(config, printer=lambda message: None)
     lrs = [record["lr"] for record in state.history if "lr" in record]
+    evaluations = [record["eval_loss"] for record in state.history if "eval_loss" in record]
+    assert len(evaluations) == state.iteration // values["eval_interval"], state.history
     return state.iteration, state.consumed_train_samples, state.losses, lrs
 
 
@@ -56,8 +58,11 @@ def test_rampup_runs_the_right_micro_batches_and_counts_samples(migration_corpus
 
 
 def test_train_tokens_stops_the_run_and_counts_the_schedule_in_tokens(migration_corpus):
+    # Megatron's per-split paths too: all of the corpus trains, all of it validates.
     values = _values(migration_corpus, global_batch_size=8, train_tokens=3 * 8 * 32, train_samples=1000,
-                     lr_warmup_tokens=256, lr_decay_tokens=768, lr_decay_style="cosine", lr=6e-4, min_lr=1e-6)
+                     lr_warmup_tokens=256, lr_decay_tokens=768, lr_decay_style="cosine", lr=6e-4, min_lr=1e-6,
+                     data_path=None, train_data_path=[migration_corpus["prefix"]],
+                     valid_data_path=[migration_corpus["prefix"]], eval_interval=2, eval_iters=1)
     iterations, consumed, _, lrs = run_on_ranks(2, _pretrain, values=values)[0]
     assert (iterations, consumed) == (3, 24)
     # Warmup ends after 256 tokens (step 1); cosine over the remaining 512 tokens: halfway at step 2.
