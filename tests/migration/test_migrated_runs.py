@@ -41,7 +41,7 @@ def _pretrain(values, deepspeed_config=None):
     return state.iteration, state.consumed_train_samples, state.losses, lrs
 
 
-def test_rampup_runs_the_right_micro_batches_and_counts_samples(migration_corpus):
+def test_rampup_runs_the_right_micro_batches_and_counts_samples(migration_corpus, tmp_path):
     # DP 2 x micro 2 = 4 samples per micro-batch round; ramp 4 -> 12 in 2 increments over 16 samples:
     # batches 4, 4, 8, 12, 12 (accumulation 1, 1, 2, 3, 3), 40 samples in 5 steps.
     ramp = _values(migration_corpus, global_batch_size=12, rampup_batch_size=(4, 4, 16), train_samples=40)
@@ -55,6 +55,16 @@ def test_rampup_runs_the_right_micro_batches_and_counts_samples(migration_corpus
     # Same data, same initial weights, same LR for the first step (4 of 40 samples): identical first step;
     # the second step's LR is equal too (8 of 40 samples in both runs).
     assert losses[:2] == fixed_losses[:2], (losses, fixed_losses)
+    # After the ramp: the same run stopped at iteration 3 and resumed WITHOUT a ramp-up at batch 12 (DeepSpeed's
+    # own accumulation of 3 micro-batches from a fresh engine) must give the same steps 4 and 5: a wrong
+    # accumulation boundary (the engine counting micro-batches modulo 3 across the changes) steps mid-batch.
+    save = str(tmp_path / "ramp")
+    run_on_ranks(2, _pretrain, values=dict(ramp, save=save, exit_interval=3))
+    resumed = _values(migration_corpus, global_batch_size=12, train_iters=5, lr_decay_samples=40, load=save)
+    twin_iterations, twin_consumed, twin_losses, twin_lrs = run_on_ranks(2, _pretrain, values=resumed)[0]
+    assert (twin_iterations, twin_consumed) == (5, 40)
+    assert twin_losses == losses[3:], (twin_losses, losses)
+    assert twin_lrs == lrs[3:]
 
 
 def test_train_tokens_stops_the_run_and_counts_the_schedule_in_tokens(migration_corpus):
