@@ -436,9 +436,11 @@ def translate_legacy_flags(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
     while index < len(tokens):
         flag, inline = _split_assignment(tokens[index])
         index += 1
-        spec = LEGACY_FLAGS.get(flag)
-        if spec is None and flag.startswith("--") and flag not in _own_flags():
-            spec = _prefix_rule(flag)
+        # A flag the generated parser defines always wins: a feature that adds a field for a flag listed here
+        # (MoE, context parallelism, ...) must not be shadowed by its legacy entry.
+        spec = None
+        if flag.startswith("--") and flag not in _own_flags():
+            spec = LEGACY_FLAGS.get(flag) or _prefix_rule(flag)
         if spec is None:
             if flag == "--tokenizer-type" and (inline is not None or index < len(tokens)):
                 name = inline if inline is not None else tokens[index]
