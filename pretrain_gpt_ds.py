@@ -11,6 +11,7 @@ import sys
 
 from megatron.config import ConfigError, parse_config
 from megatron.core import comm
+from megatron.training.backend import choose_backend
 from megatron.training.pretrain import pretrain
 
 
@@ -19,7 +20,10 @@ def main(argv=None):
         config = parse_config(argv)  # every contradiction and impossible combination fails here, before any engine
     except ConfigError as error:
         sys.exit(f"pretrain_gpt_ds.py: configuration error: {error}")
-    comm.init_distributed()
+    backend, note = choose_backend(config.parallel.distributed_backend)
+    comm.init_distributed(backend)
+    if note and comm.get_rank() == 0:
+        print(f"> note: {note}", flush=True)
     try:
         pretrain(config)
     finally:

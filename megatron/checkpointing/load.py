@@ -22,7 +22,7 @@ from megatron.checkpointing.rng_state import load_rng_state
 from megatron.checkpointing.safe_load import (CheckpointError, install_safe_checkpoint_engine, safe_torch_load,
                                               weights_only_torch_load)
 from megatron.checkpointing.save import CLIENT_STATE_KEY, current_layout, deepspeed_engine, print_rank0, read_latest
-from megatron.checkpointing.universal import ensure_universal, universal_model_state_file
+from megatron.checkpointing.universal import ensure_universal, universal_model_state_file, user_converted_universal
 from megatron.checkpointing.universal_load import load_universal_into_engine
 from megatron.core import comm
 
@@ -125,6 +125,16 @@ def load_checkpoint(engine, load_dir: str, *, finetune: bool = False, no_load_op
     log = log or print_rank0
     wrapper, engine = engine, deepspeed_engine(engine)
     folder = find_checkpoint(load_dir)
+    # Megatron-DeepSpeed's workflow: a folder the user converted with ds_to_universal, named in
+    # latest_universal, is what --universal-checkpoint loads (as DeepSpeed's own loader does).
+    user_universal = user_converted_universal(load_dir, log=log) if universal else None
+    if user_universal is not None:
+        source_tag, _ = user_universal
+        if folder is not None and os.path.basename(folder) != source_tag:
+            log(f"> note: `latest` names {os.path.basename(folder)}, but --universal-checkpoint loads "
+                f"{user_universal[1]} (converted from {source_tag}, named in latest_universal); delete "
+                f"latest_universal to reshard the newest checkpoint instead")
+        folder = os.path.join(load_dir, source_tag)
     if folder is None:
         log(f"> no checkpoint in {load_dir} (no `latest` file): starting from scratch")
         return None
@@ -145,7 +155,7 @@ def load_checkpoint(engine, load_dir: str, *, finetune: bool = False, no_load_op
                               f"next to it), or run with the saved layout")
 
     if reshard:
-        universal_folder = ensure_universal(load_dir, tag, log=log)
+        universal_folder = user_universal[1] if user_universal else ensure_universal(load_dir, tag, log=log)
         # DeepSpeed's universal loader finds parameters by this module's own names, which are the folder's
         # (GPTModel names) only for the plain model; pipeline forms and ZeRO-0/3 go through ours.
         plain_names = not callable(getattr(engine.module, "to_model_name", None))
@@ -166,6 +176,8 @@ def load_checkpoint(engine, load_dir: str, *, finetune: bool = False, no_load_op
     if not rng_available and not (finetune or no_load_rng):
         log(f"> RNG states not restored: {folder} was saved with {saved_layout.describe()}, this run is "
             f"{layout.describe()}; random streams continue from this run's seed")
+    if user_universal is not None:
+        log(f"> loaded the universal checkpoint {user_universal[1]} (made by ds_to_universal)")
     log(f"> loaded {folder} (iteration {training['iteration']}, {saved_layout.describe()}"
         f"{', resharded' if reshard else ''}{', weights only (finetune)' if finetune else ''})")
     if finetune:

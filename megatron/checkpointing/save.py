@@ -33,6 +33,7 @@ from megatron.core import comm
 from megatron.core import parallel_state as ps
 
 LATEST_FILE = "latest"
+MEGATRON_TRACKER_FILE = "latest_checkpointed_iteration.txt"
 INCOMPLETE_SUFFIX = ".incomplete"
 UNIVERSAL_SUFFIX = ".universal"
 CLIENT_STATE_KEY = "megatron_ds"
@@ -101,7 +102,22 @@ def write_latest(save_dir: str, tag: str):
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, os.path.join(save_dir, LATEST_FILE))
+    _write_megatron_tracker(save_dir, tag)
     _fsync_path(save_dir)
+
+
+def _write_megatron_tracker(save_dir: str, tag: str):
+    """Megatron's tracker file next to DeepSpeed's `latest`: the iteration as text. Megatron-DeepSpeed's job
+    scripts read it to find where a run stands; the loader here reads only `latest`."""
+    match = re.fullmatch(r"global_step(\d+)", tag)
+    if match is None:
+        return
+    temporary = os.path.join(save_dir, f".{MEGATRON_TRACKER_FILE}.tmp")
+    with open(temporary, "w") as handle:
+        handle.write(match.group(1))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, os.path.join(save_dir, MEGATRON_TRACKER_FILE))
 
 
 def _publish(save_dir: str, temporary_tag: str, tag: str):

@@ -20,13 +20,13 @@ import glob
 import os
 import re
 import shutil
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
 import torch
 
 from megatron.checkpointing.manifest import MANIFEST_NAME, manifest_layout, read_manifest
 from megatron.checkpointing.safe_load import CheckpointError, safe_torch_load, weights_only_torch_load
-from megatron.checkpointing.save import INCOMPLETE_SUFFIX, UNIVERSAL_SUFFIX
+from megatron.checkpointing.save import CLIENT_STATE_KEY, INCOMPLETE_SUFFIX, UNIVERSAL_SUFFIX, tag_for
 from megatron.core import comm
 
 DONE_MARKER = "universal_conversion_done.json"
@@ -259,3 +259,58 @@ def universal_model_state_file(folder: str) -> str:
     if not candidates:
         raise CheckpointError(f"universal checkpoint {folder} has no *model_states.pt file")
     return candidates[0]
+
+
+# --- Megatron-DeepSpeed's workflow: the user runs ds_to_universal, then trains with --universal-checkpoint ---
+LATEST_UNIVERSAL_FILE = "latest_universal"  # written by ds_to_universal next to the folder it made
+
+
+def user_converted_universal(load_dir: str, log=print) -> Optional[Tuple[str, str]]:
+    """(source tag, folder) of a universal checkpoint the user made with
+    ``python -m deepspeed.checkpoint.ds_to_universal --input_folder <load>/global_stepN --output_folder <load>/X``,
+    which names X in ``<load>/latest_universal``; None when there is none (our own cached conversions, named
+    ``<tag>.universal``, do not count). The folder is completed once, like our own conversions: parameter
+    folders renamed to GPTModel names and the source manifest copied in (collective)."""
+    path = os.path.join(load_dir, LATEST_UNIVERSAL_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as handle:
+        name = handle.read().strip()
+    if not name or name.endswith(UNIVERSAL_SUFFIX):
+        return None
+    folder = os.path.join(load_dir, name)
+    if not os.path.isdir(os.path.join(folder, "zero")):
+        raise CheckpointError(f"{path} names {name!r}, but {folder}/zero does not exist: rerun "
+                              f"deepspeed.checkpoint.ds_to_universal, or delete {path} to let "
+                              f"--universal-checkpoint convert the newest checkpoint itself")
+    state = safe_torch_load(universal_model_state_file(folder))
+    iteration = (state.get(CLIENT_STATE_KEY) or {}).get("iteration", state.get("iteration"))
+    source = tag_for(int(iteration)) if iteration is not None else None
+    if source is None or not os.path.isfile(os.path.join(load_dir, source, MANIFEST_NAME)):
+        raise CheckpointError(f"{folder} (named by {path}) was converted from iteration {iteration}, but "
+                              f"{os.path.join(load_dir, str(source))} with its manifest is not there; keep the "
+                              f"source checkpoint next to its universal copy")
+    error = None
+    if comm.get_rank() == 0 and not os.path.isfile(os.path.join(folder, DONE_MARKER)):
+        try:
+            _complete_user_conversion(os.path.join(load_dir, source), folder, log)
+        except Exception as caught:  # every rank must learn of it, or the others wait forever
+            error = f"{type(caught).__name__}: {caught}"
+    error = comm.broadcast_object(error, src=0)
+    if error is not None:
+        raise CheckpointError(f"preparing {folder} (made by ds_to_universal) failed on rank 0: {error}")
+    return source, folder
+
+
+def _complete_user_conversion(source: str, folder: str, log=print):
+    manifest = read_manifest(source)
+    stage_maps = manifest.get("pipeline_names") or {}
+    if manifest_layout(manifest).zero_stage == 0 or not _names_are_global(stage_maps):
+        raise CheckpointError(f"{source} was saved with ZeRO-0 or by a Megatron-schedule pipeline, which "
+                              f"ds_to_universal cannot convert correctly; delete {folder} and its "
+                              f"latest_universal file and let --universal-checkpoint convert it")
+    log(f"> completing {folder} (made by ds_to_universal from {source}) for loading")
+    _rename_to_model_names(folder, _union(stage_maps))
+    shutil.copy2(os.path.join(source, MANIFEST_NAME), os.path.join(folder, "source_" + MANIFEST_NAME))
+    with open(os.path.join(folder, DONE_MARKER), "w") as handle:
+        handle.write(f'{{"source": "{os.path.basename(source)}", "converted_by": "ds_to_universal"}}\n')

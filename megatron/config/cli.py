@@ -7,6 +7,7 @@ DeepSpeed JSON. Alternative spellings of one field get their own dest, so `--swi
 """
 
 import argparse
+import difflib
 import dataclasses
 import typing
 from dataclasses import dataclass
@@ -49,6 +50,16 @@ class _RaisingParser(argparse.ArgumentParser):
     """argparse exits the process on a bad flag; a library raises, and the entry script decides."""
 
     def error(self, message):
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            unknown = [token for token in message[len(prefix):].split() if token.startswith("-")]
+            hints = []
+            for token in unknown:
+                close = difflib.get_close_matches(token.split("=")[0], list(self._option_string_actions), n=1)
+                hints.append(f"{token} (did you mean {close[0]}?)" if close else token)
+            if unknown:
+                message = (f"unknown flag{'s' if len(unknown) > 1 else ''} {', '.join(hints)}: neither a flag "
+                           f"of this project nor a Megatron-DeepSpeed / Megatron-LM flag it knows")
         raise ConfigError(f"{message} (see --help, or docs/configuration.md, for the flags)")
 
 

@@ -7,7 +7,7 @@ the optimizer and scheduler blocks in deepspeed_optimizer.py. The reconciliation
 
 import json
 import math
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from megatron.config.deepspeed_json import AUTO, Merge, as_bool, as_float, as_int
 from megatron.config.deepspeed_optimizer import merge_optimizer, merge_scheduler
@@ -19,14 +19,16 @@ def merge_deepspeed_json(explicit: Mapping[str, Any], settings: Mapping[str, Any
                          data_parallel_size: int, *, source: str = "the DeepSpeed JSON",
                          spelling: Optional[Mapping[str, str]] = None,
                          flag_of: Callable[[str], str] = lambda name: "--" + name.replace("_", "-"),
-                         ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+                         notes: Optional[List[str]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Merge flags with a DeepSpeed JSON.
 
     explicit: field -> value for the flags the user typed. settings: every field's value before the merge
     (defaults, model-family preset, explicit flags). Returns (field -> resolved value for every field the
-    JSON can own, the merged DeepSpeed dict). Raises ConfigError on any contradiction.
+    JSON can own, the merged DeepSpeed dict). Raises ConfigError on any contradiction. Tolerated settings
+    without effect (loss scaling flags without fp16) are appended to `notes`.
     """
     merge = Merge(explicit, settings, ds_json, source, spelling or {}, flag_of)
+    merge.notes = notes if notes is not None else []
     _merge_batch(merge, data_parallel_size)
     _merge_zero(merge)
     _merge_precision(merge)
@@ -97,7 +99,12 @@ def _merge_precision(merge: Merge) -> None:
         merge.node(bf16_key, create=True)["enabled"] = True
     loss_scaling = ("loss_scale", "initial_loss_scale", "loss_scale_window", "hysteresis", "min_loss_scale")
     if not fp16:
-        merge.refuse_flags(loss_scaling, "without fp16 (loss scaling is fp16-only); add --fp16 or")
+        # Megatron-DeepSpeed accepted these with bf16 (its bf16 scripts pass --loss-scale): say so, do not fail.
+        dtype = "bf16" if bf16 else "fp32"
+        for name in loss_scaling:
+            if name in merge.explicit:
+                merge.notes.append(f"{merge.shown_flag(name)} has no effect: loss scaling applies to fp16 only, "
+                                   f"and this run is {dtype}")
         return
     merge.node("fp16", create=True)["enabled"] = True
     merge.reconcile("loss_scale", ("fp16", "loss_scale"),

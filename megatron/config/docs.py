@@ -72,6 +72,7 @@ def generate() -> str:
               f"| {', '.join(f'`{f}`' for f in DEEPSPEED_CONFIG_FLAGS)} | Path of the DeepSpeed JSON; stored as "
               f"`RunConfig.deepspeed_config_path`. |"]
     lines += [f"| `{switch}` | {_cell(text)} |" for switch, text in COMPAT_SWITCHES.items()]
+    lines += _legacy_flag_table()
     for name, cls in GROUPS:
         hints = typing.get_type_hints(cls)
         lines += ["", f"## `{cls.__name__}` (`RunConfig.{name}`)", "", (cls.__doc__ or "").strip(), "",
@@ -83,6 +84,31 @@ def generate() -> str:
             lines.append(f"| `{field.name}` | {_flags(field)} | {_type_name(hints[field.name])} | "
                          f"{_cell(describe_default(field))} | {_cell(description)} |")
     return "\n".join(lines) + "\n"
+
+
+def _legacy_flag_table():
+    """Megatron-DeepSpeed / Megatron-LM flags without a field: accepted without effect, rewritten, or refused."""
+    from megatron.config.legacy_flags import LEGACY_FLAGS, LEGACY_PREFIXES, TOKENIZER_NAMES
+
+    meaning = {"noop": "no effect (logged once)", "rewrite": "read as", "refuse": "refused"}
+    lines = ["", "## Megatron-DeepSpeed and Megatron-LM flags without a field", "",
+             "Accepted so that their scripts run unchanged (each no-op is logged once at start-up: \"flag X has "
+             "no effect here because ...\"), rewritten to the flag that exists, or refused with what to use "
+             "instead. A no-op with a value accepts only the value that matches this design.", "",
+             "| Flag | Disposition | Why / instead |", "|---|---|---|"]
+    for flag in sorted(LEGACY_FLAGS, key=str.lower):
+        spec = LEGACY_FLAGS[flag]
+        shown = meaning[spec.kind]
+        if spec.kind == "rewrite":
+            shown += " `" + " ".join(spec.rewrite(["N"] if spec.takes else [])) + "`"
+        lines.append(f"| `{flag}` | {shown} | {_cell(spec.text)} |")
+    lines += ["", "Megatron-LM feature families, by flag prefix (every flag starting so, with its values):", "",
+              "| Prefix | Disposition | Why / instead |", "|---|---|---|"]
+    lines += [f"| `{prefix}` | {meaning['refuse' if kind == 'rewrite' else kind]} | {_cell(text)} |"
+              for prefix, kind, text in LEGACY_PREFIXES]
+    lines += ["", "Tokenizer names: " + ", ".join(f"`{old}` is `{new}`" for old, new in TOKENIZER_NAMES.items())
+              + "; `--vocab-file`/`--merge-file` without `--tokenizer-type` means `GPT2BPETokenizer`."]
+    return lines
 
 
 if __name__ == "__main__":

@@ -33,6 +33,10 @@ class ParallelConfig:
     sequence_parallel: bool = option(False, "Megatron sequence parallelism: split norm/dropout "
                                      "activations along the sequence over the tensor-parallel ranks "
                                      "(needs TP > 1).")
+    distributed_backend: Optional[str] = option(
+        None, "torch.distributed backend. A backend this machine's accelerator cannot run (nccl without CUDA, "
+        "ccl without oneCCL) is replaced by the accelerator's own, with a log line.",
+        choices=("nccl", "gloo", "ccl", "mpi", "hccl", "xccl"), derived="the accelerator's backend (gloo on CPU)")
     world_size: int = option(1, "Number of ranks.", cli=False, minimum=1,
                              derived="parse_config's world_size argument, else $WORLD_SIZE, else 1")
     data_parallel_size: Optional[int] = option(None, "Data-parallel degree.", cli=False,

@@ -7,10 +7,14 @@ in (deepspeed_json.py) -> group dataclasses derive what is left -> validate().
 import dataclasses
 import os
 import sys
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from megatron.config.cli import parse_command_line
 from megatron.config.deepspeed_json import load_deepspeed_json
+from megatron.config.deepspeed_keys import check_top_level_keys
+from megatron.config.legacy_flags import translate_legacy_flags
+from megatron.config.migration import apply_megatron_deepspeed_defaults
+from megatron.config.run_length import resolve_run_length
 from megatron.config.deepspeed_merge import merge_deepspeed_json
 from megatron.config.errors import ConfigError
 from megatron.config.fields import CLI, field_map, flag_of
@@ -28,9 +32,11 @@ def parse_config(argv: Optional[Sequence[str]] = None, world_size: Optional[int]
     world_size: the number of ranks; defaults to $WORLD_SIZE, else 1. Raises ConfigError (a ValueError)
     for anything the user can get wrong, before any engine or process group exists.
     """
-    command_line = parse_command_line(sys.argv[1:] if argv is None else argv)
-    return _resolve(command_line.values, command_line.spelling, command_line.deepspeed_config_path,
-                    world_size)
+    # Megatron-DeepSpeed / Megatron-LM flags without a field here are rewritten, noted or refused first.
+    argv, notes = translate_legacy_flags(sys.argv[1:] if argv is None else argv)
+    command_line = parse_command_line(argv)
+    return _resolve(dict(command_line.values), command_line.spelling, command_line.deepspeed_config_path,
+                    world_size, notes)
 
 
 def resolve_config(values: Optional[Mapping[str, Any]] = None, *,
@@ -43,17 +49,22 @@ def resolve_config(values: Optional[Mapping[str, Any]] = None, *,
     unknown = sorted(name for name in values if name not in _FIELDS or not _FIELDS[name].metadata.get(CLI, True))
     if unknown:
         raise ConfigError(f"unknown or derived configuration fields {unknown}; see docs/configuration.md")
-    if isinstance(values.get("data_path"), list):
-        values["data_path"] = tuple(values["data_path"])
-    return _resolve(values, {}, deepspeed_config, world_size)
+    for name, value in values.items():  # as the command line gives them (data paths, --rampup-batch-size)
+        if isinstance(value, list):
+            values[name] = tuple(value)
+    return _resolve(values, {}, deepspeed_config, world_size, [])
 
 
 def _resolve(explicit: Dict[str, Any], spelling: Mapping[str, str],
-             deepspeed_config: Union[None, str, Mapping[str, Any]], world_size: Optional[int]) -> RunConfig:
+             deepspeed_config: Union[None, str, Mapping[str, Any]], world_size: Optional[int],
+             notes: List[str]) -> RunConfig:
+    notes = list(notes) + apply_megatron_deepspeed_defaults(explicit)
     if isinstance(deepspeed_config, str):
         ds_json, path, source = load_deepspeed_json(deepspeed_config), deepspeed_config, deepspeed_config
     else:
         ds_json, path, source = dict(deepspeed_config or {}), None, "the DeepSpeed config"
+    ds_json, json_notes = check_top_level_keys(ds_json, source)
+    notes += json_notes
     if "lr_warmup_fraction" in explicit and "lr_warmup_iters" in explicit:
         raise ConfigError(f"--lr-warmup-fraction {explicit['lr_warmup_fraction']} and --lr-warmup-iters "
                           f"{explicit['lr_warmup_iters']} both set the warmup; drop one")
@@ -72,13 +83,15 @@ def _resolve(explicit: Dict[str, Any], spelling: Mapping[str, str],
                           f"--pipeline-model-parallel-size or the number of ranks")
     merged, ds_dict = merge_deepspeed_json(explicit, settings, ds_json, settings["world_size"] // (tp * pp),
                                            source=source, spelling=spelling,
-                                           flag_of=lambda name: flag_of(_FIELDS[name]))
+                                           flag_of=lambda name: flag_of(_FIELDS[name]), notes=notes)
     settings.update(merged)
+    settings["data_parallel_size"] = settings["world_size"] // (tp * pp)
+    resolve_run_length(settings, explicit, notes)
 
     groups = {name: cls(**{f.name: settings[f.name] for f in dataclasses.fields(cls)}) for name, cls in GROUPS}
     # padded_vocab_size stays unset: the tokenizer, built later by the data code, reports the real
     # vocabulary through RunConfig.with_vocab() (NullTokenizer adds EOD to --vocab-size, for one).
-    config = RunConfig(**groups, deepspeed_config=ds_dict, deepspeed_config_path=path)
+    config = RunConfig(**groups, deepspeed_config=ds_dict, deepspeed_config_path=path, notes=tuple(notes))
     validate(config)
     return config
 

@@ -49,6 +49,9 @@ class RunConfig:
     # The merged DeepSpeed JSON: flags and JSON agree on everything in it (see deepspeed_json.py).
     deepspeed_config: Dict[str, Any] = field(default_factory=dict)
     deepspeed_config_path: Optional[str] = None
+    # Start-up notes from resolution (legacy flags accepted without effect, defaults taken from
+    # Megatron-DeepSpeed); logged once by the entry script, never stored in checkpoints.
+    notes: Tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self):
         # The one cross-group default: the pipeline schedule depends on the ZeRO stage.

@@ -22,7 +22,16 @@ class TrainingConfig:
         None, "Micro-batches per optimizer step (DeepSpeed's gradient_accumulation_steps; Megatron's "
         "number of micro-batches).", cli=False, minimum=1,
         derived="global_batch_size / (micro_batch_size * data_parallel_size), or the JSON's value")
-    train_iters: int = option(None, "Optimizer steps to train for.", minimum=1, required=True)
+    train_iters: int = option(None, "Optimizer steps to train for.", minimum=1, required=True,
+                              derived="from --train-samples / --train-tokens when one is given")
+    train_samples: Optional[int] = option(None, "Train for this many samples (Megatron: instead of "
+                                          "--train-iters; iterations = samples / global batch).", minimum=1)
+    train_tokens: Optional[int] = option(None, "Stop once this many tokens (samples x seq length) are consumed "
+                                         "(Megatron-DeepSpeed; with --train-samples, whichever comes first).",
+                                         minimum=1)
+    rampup_batch_size: Optional[Tuple[int, ...]] = option(
+        None, "`start increment samples`: grow the global batch from start by increment, evenly over the first "
+        "samples, to --global-batch-size (Megatron). Done by varying the micro-batches per step.")
     eval_interval: int = option(1000, "Run evaluation every this many steps.", minimum=1)
     eval_iters: int = option(100, "Batches per evaluation.", minimum=0)
     seed: int = option(1234, "Random seed (model init, dropout, data order).")
@@ -45,10 +54,52 @@ class TrainingConfig:
     lr_decay_style: str = option("linear", "Decay after warmup.", choices=LR_DECAY_STYLES)
     lr_decay_iters: Optional[int] = option(None, "Steps over which the LR decays to --min-lr.",
                                            minimum=1, derived="train_iters")
+    lr_warmup_samples: Optional[int] = option(None, "Warmup counted in samples (Megatron).", minimum=0)
+    lr_warmup_tokens: Optional[int] = option(None, "Warmup counted in tokens (Megatron-DeepSpeed).", minimum=0)
+    lr_decay_samples: Optional[int] = option(None, "Decay counted in samples (Megatron).", minimum=1,
+                                             derived="train_samples, when training is sized in samples")
+    lr_decay_tokens: Optional[int] = option(None, "Decay counted in tokens (Megatron-DeepSpeed).", minimum=1)
+    override_opt_param_scheduler: bool = option(
+        False, "On resume, take the LR schedule's shape from this run's flags (only its position from the "
+        "checkpoint). That is what a resume does anyway here; the flag is accepted for Megatron's scripts.",
+        flag="--override-opt_param-scheduler")
+    use_checkpoint_opt_param_scheduler: bool = option(
+        False, "On resume, take the LR schedule's shape (peak, min, warmup, decay) from the checkpoint "
+        "instead of the flags (Megatron).", flag="--use-checkpoint-opt_param-scheduler")
+    optimizer: str = option("adam", "Optimizer built when the DeepSpeed JSON has no optimizer block: adam "
+                            "(AdamW with --weight-decay) or sgd (with --sgd-momentum).", choices=("adam", "sgd"))
+    sgd_momentum: float = option(0.9, "SGD momentum (--optimizer sgd).", minimum=0)
 
     def __post_init__(self):
         if self.lr_decay_iters is None and self.train_iters is not None:
             object.__setattr__(self, "lr_decay_iters", self.train_iters)
+
+    def lr_schedule_plan(self, seq_length: int) -> Tuple[int, str, int, str]:
+        """(warmup amount, its unit, decay end, its unit); units are "samples" or "tokens".
+
+        Megatron counts its schedule in samples (an iteration count N is N x global batch); Megatron-DeepSpeed
+        may count warmup and decay in tokens. Only a warmup fraction takes the decay's unit."""
+        gbs = self.global_batch_size
+        if self.lr_decay_tokens is not None:
+            decay, decay_unit = self.lr_decay_tokens, "tokens"
+        elif self.lr_decay_samples is not None:
+            decay, decay_unit = self.lr_decay_samples, "samples"
+        else:
+            decay, decay_unit = self.lr_decay_iters * gbs, "samples"
+        if self.lr_warmup_tokens is not None:
+            return self.lr_warmup_tokens, "tokens", decay, decay_unit
+        if self.lr_warmup_samples is not None:
+            return self.lr_warmup_samples, "samples", decay, decay_unit
+        if self.lr_warmup_fraction is not None:
+            return int(self.lr_warmup_fraction * decay), decay_unit, decay, decay_unit
+        return self.lr_warmup_iters * gbs, "samples", decay, decay_unit
+
+    @property
+    def counts_schedule_in_iterations(self) -> bool:
+        """True when every length of the run and its schedule is given in iterations."""
+        return all(getattr(self, name) is None for name in (
+            "train_samples", "train_tokens", "lr_warmup_samples", "lr_warmup_tokens", "lr_decay_samples",
+            "lr_decay_tokens", "rampup_batch_size"))
 
     @property
     def warmup_iters(self) -> int:

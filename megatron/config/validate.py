@@ -196,29 +196,56 @@ def _check_training(config: "RunConfig") -> None:
                           f"{t.lr_warmup_iters} both set the warmup; drop one")
     if t.lr_warmup_fraction is not None and t.lr_warmup_fraction > 1:
         raise ConfigError(f"--lr-warmup-fraction {t.lr_warmup_fraction} must be <= 1")
+    if t.optimizer == "sgd" and config.zero.offload_optimizer != "none":
+        raise ConfigError("--optimizer sgd with --offload-optimizer cpu: the offloaded optimizer is "
+                          "DeepSpeedCPUAdam; use --optimizer adam or drop the offload")
+    json_type = str(config.deepspeed_config.get("optimizer", {}).get("type", "")).lower()
+    if t.optimizer == "sgd" and config.deepspeed_builds_optimizer and json_type != "sgd":
+        raise ConfigError(f"--optimizer sgd contradicts optimizer.type={json_type!r} in the DeepSpeed JSON; drop one")
     if t.min_lr > t.lr:
         raise ConfigError(f"--min-lr {t.min_lr} is above --lr {t.lr}")
+    if config.deepspeed_builds_scheduler and not t.counts_schedule_in_iterations:
+        raise ConfigError("the DeepSpeed JSON's scheduler block counts optimizer steps, but the run or its "
+                          "schedule is sized in samples/tokens (--train-samples, --train-tokens, --lr-*-samples, "
+                          "--lr-*-tokens, --rampup-batch-size); drop the scheduler block (Megatron's schedule "
+                          "is built from the flags) or size everything in iterations")
     if t.lr_decay_style != "constant" and not config.deepspeed_builds_scheduler and \
-            t.warmup_iters >= t.lr_decay_iters:
-        raise ConfigError(f"warmup of {t.warmup_iters} steps does not end before the decay ends at "
-                          f"--lr-decay-iters {t.lr_decay_iters} (Megatron's rule); shorten the warmup or "
-                          f"lengthen the decay")
+            t.counts_schedule_in_iterations:
+        if t.warmup_iters >= t.lr_decay_iters:
+            raise ConfigError(f"warmup of {t.warmup_iters} steps does not end before the decay ends at "
+                              f"--lr-decay-iters {t.lr_decay_iters} (Megatron's rule); shorten the warmup or "
+                              f"lengthen the decay")
+    elif t.lr_decay_style != "constant" and not config.deepspeed_builds_scheduler:
+        warmup, warmup_unit, decay, decay_unit = t.lr_schedule_plan(config.model.seq_length)
+        in_tokens = {"samples": config.model.seq_length, "tokens": 1}
+        if warmup * in_tokens[warmup_unit] >= decay * in_tokens[decay_unit]:
+            raise ConfigError(f"warmup of {warmup} {warmup_unit} does not end before the decay ends at {decay} "
+                              f"{decay_unit} (Megatron's rule); shorten the warmup or lengthen the decay")
 
 
 def _check_data_and_checkpoint(config: "RunConfig") -> None:
     data, ckpt = config.data, config.checkpoint
-    if data.data_path is not None and len(data.data_path) > 1:
-        weights = data.data_path[0::2]
-        if len(data.data_path) % 2 or not all(_is_number(w) for w in weights):
-            raise ConfigError(f"--data-path {' '.join(data.data_path)}: with several datasets give "
-                              f"alternating `weight prefix` pairs, e.g. --data-path 0.7 a_text 0.3 b_text")
+    for name in ("data_path", "train_data_path", "valid_data_path", "test_data_path"):
+        paths = getattr(data, name)
+        if paths is not None and len(paths) > 1:
+            weights = paths[0::2]
+            if len(paths) % 2 or not all(_is_number(w) for w in weights):
+                raise ConfigError(f"--{name.replace('_', '-')} {' '.join(paths)}: with several datasets give "
+                                  f"alternating `weight prefix` pairs, e.g. 0.7 a_text 0.3 b_text")
+    if data.data_path and data.train_data_path:
+        raise ConfigError("--data-path and --train-data-path both name the training data; use --data-path with "
+                          "--split, or --train-data-path with --valid-data-path")
+    if (data.valid_data_path or data.test_data_path) and not data.train_data_path:
+        raise ConfigError("--valid-data-path / --test-data-path need --train-data-path (with --data-path the "
+                          "splits come from --split)")
     parts = data.split.replace("/", ",").split(",")
     if not 1 <= len(parts) <= 3 or not all(_is_number(p) and float(p) >= 0 for p in parts) or \
             sum(float(p) for p in parts) <= 0:
         raise ConfigError(f"--split {data.split!r} must be up to three non-negative numbers with a positive "
                           f"sum, e.g. 969,30,1")
+    # --save-interval without --save is only logged (Megatron-DeepSpeed accepted it; see migration.py).
     needs = {"finetune": "load", "no_load_optim": "load", "no_load_rng": "load",
-             "universal_checkpoint": "load", "save_interval": "save", "keep_last": "save"}
+             "universal_checkpoint": "load", "use_checkpoint_args": "load", "keep_last": "save"}
     for name, target in needs.items():
         value = getattr(ckpt, name)
         if value not in (None, False) and getattr(ckpt, target) is None:

@@ -46,11 +46,11 @@ class TrainingData:
 def build_training_data(config: RunConfig, printer=print) -> TrainingData:
     data, training = config.data, config.training
     rank = comm.get_rank()
-    if data.data_path:
+    if data.data_path or data.train_data_path:
         tokenizer = build_tokenizer(data.tokenizer_type, tokenizer_model=data.tokenizer_model,
                                     vocab_file=data.vocab_file, merge_file=data.merge_file,
                                     vocab_size=config.model.vocab_size)
-        data_path = list(data.data_path)
+        data_path = list(data.data_path or data.train_data_path)
     else:
         cache_dir = data.data_cache_path or default_cache_dir()
         printer(f"> no --data-path: using the built-in English corpus (Python's documentation), cached in "
@@ -66,11 +66,20 @@ def build_training_data(config: RunConfig, printer=print) -> TrainingData:
     global_batch = config.deepspeed_config["train_batch_size"]
     evaluations = training.train_iters // training.eval_interval + 1 if training.eval_interval else 0
     num_samples = [training.train_iters * global_batch, evaluations * training.eval_iters * global_batch, 0]
-    train, valid, _ = build_train_valid_test_datasets(
-        data_path, data.split, config.model.seq_length, training.seed, num_samples, tokenizer,
-        eod_mask_loss=data.eod_mask_loss, reset_position_ids=data.reset_position_ids,
-        reset_attention_mask=data.reset_attention_mask, cache_dir=data.data_cache_path and
-        os.path.join(data.data_cache_path, "index-cache"), barrier=comm.barrier, rank=rank)
+    def build(paths, split, samples):
+        return build_train_valid_test_datasets(
+            paths, split, config.model.seq_length, training.seed, samples, tokenizer,
+            eod_mask_loss=data.eod_mask_loss, reset_position_ids=data.reset_position_ids,
+            reset_attention_mask=data.reset_attention_mask, cache_dir=data.data_cache_path and
+            os.path.join(data.data_cache_path, "index-cache"), barrier=comm.barrier, rank=rank)
+
+    if data.train_data_path:
+        # Megatron's separate per-split paths: every document of each path belongs to its split.
+        train = build(list(data.train_data_path), "1,0,0", [num_samples[0], 0, 0])[0]
+        valid = build(list(data.valid_data_path), "0,1,0", [0, num_samples[1], 0])[1] \
+            if data.valid_data_path and num_samples[1] else None
+    else:
+        train, valid, _ = build(data_path, data.split, num_samples)
     if train is None:
         raise ValueError(f"the training split of {data_path} is empty: check --split {data.split!r} and the data")
     return TrainingData(tokenizer=tokenizer, train_dataset=train, valid_dataset=valid if evaluations else None,

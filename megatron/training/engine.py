@@ -20,10 +20,17 @@ from megatron.training.optimizer import build_optimizer, param_groups
 def _lr_schedule_factory(config: RunConfig):
     training = config.training
 
+    shape = dict(decay_style=training.lr_decay_style,
+                 use_checkpoint_shape=training.use_checkpoint_opt_param_scheduler)
+    if training.counts_schedule_in_iterations:
+        shape.update(warmup_steps=training.warmup_iters, decay_steps=training.lr_decay_iters)
+    else:
+        warmup, warmup_unit, decay, decay_unit = training.lr_schedule_plan(config.model.seq_length)
+        shape.update(warmup_steps=warmup, warmup_unit=warmup_unit, decay_steps=decay, decay_unit=decay_unit,
+                     samples_per_step=training.global_batch_size, tokens_per_sample=config.model.seq_length)
+
     def make(optimizer):
-        return WarmupDecayLR(optimizer, max_lr=training.lr, min_lr=training.min_lr,
-                             warmup_steps=training.warmup_iters, decay_steps=training.lr_decay_iters,
-                             decay_style=training.lr_decay_style)
+        return WarmupDecayLR(optimizer, max_lr=training.lr, min_lr=training.min_lr, **shape)
     return make
 
 
@@ -72,7 +79,8 @@ def initialize_engine(config: RunConfig, ds_config: dict, model: torch.nn.Module
     if not config.deepspeed_builds_optimizer:
         optimizer = build_optimizer(model, lr=training.lr, weight_decay=training.weight_decay,
                                     betas=(training.adam_beta1, training.adam_beta2), eps=training.adam_eps,
-                                    cpu_offload=config.zero.offload_optimizer == "cpu")
+                                    cpu_offload=config.zero.offload_optimizer == "cpu",
+                                    kind=training.optimizer, sgd_momentum=training.sgd_momentum)
     # When the JSON builds the optimizer it still gets Megatron's groups: no weight decay on biases and norms.
     groups = None if optimizer is not None else param_groups(model, _json_weight_decay(config))
     # A callable: DeepSpeed applies it to the optimizer it ends up with (ours or the JSON's).

@@ -43,18 +43,25 @@ class TrainState:
     """Where training stands; stored in checkpoints as client state."""
     iteration: int = 0
     consumed_train_samples: int = 0
+    global_batch_size: Optional[int] = None  # of the last step (changes during a batch-size ramp-up)
     losses: List[float] = field(default_factory=list)
     history: List[dict] = field(default_factory=list)  # the logged records (train lines and evaluations)
 
 
-def train_step(engine, micro_batches: Iterator[dict], gradient_accumulation_steps: int):
-    """Runs one global batch; returns (mean loss over DP and micro-batches, grad norm, skipped)."""
+def train_step(engine, micro_batches: Iterator[dict], gradient_accumulation_steps: int,
+               explicit_boundaries: bool = False):
+    """Runs one global batch; returns (mean loss over DP and micro-batches, grad norm, skipped).
+
+    explicit_boundaries: tell the engine which micro-batch ends the step, instead of letting it count
+    micro-batches modulo its accumulation steps; needed once that number changes during a run (ramp-up)."""
     if is_pipeline(engine):
         return pipeline_train_step(engine, micro_batches)
     total, grad_norm = 0.0, None
     zero_stage = engine.zero_optimization_stage()
     skipped_before = engine.skipped_steps
-    for _ in range(gradient_accumulation_steps):
+    for index in range(gradient_accumulation_steps):
+        if explicit_boundaries:
+            engine.set_gradient_accumulation_boundary(index == gradient_accumulation_steps - 1)
         loss = batch_loss(engine, next(micro_batches))
         engine.backward(loss)
         if engine.is_gradient_accumulation_boundary() and zero_stage == 0 and not _mixed_precision(engine):
@@ -84,6 +91,15 @@ def evaluate(engine, micro_batches: Iterator[dict], num_micro_batches: int) -> f
     return _data_parallel_mean(total / num_micro_batches)
 
 
+def set_global_batch(engine, global_batch_size: int) -> int:
+    """Give the engine (and a sample-counting LR schedule) this step's global batch; returns its micro-batches."""
+    if engine.train_batch_size() != global_batch_size:
+        engine.set_train_batch_size(global_batch_size)
+    if hasattr(engine.lr_scheduler, "samples_per_step"):
+        engine.lr_scheduler.samples_per_step = global_batch_size
+    return engine.gradient_accumulation_steps()
+
+
 def _check_finite(loss: float, iteration: int):
     if not math.isfinite(loss):
         raise FloatingPointError(
@@ -97,24 +113,39 @@ def train(engine, *, state: TrainState, train_iters: int, gradient_accumulation_
           eval_interval: Optional[int] = None, eval_iters: int = 0,
           valid_batches: Optional[Callable[[], Iterator[dict]]] = None,
           exit_interval: Optional[int] = None, exit_duration_in_mins: Optional[float] = None,
-          on_iteration_end: Optional[Callable[[TrainState], bool]] = None) -> TrainState:
+          on_iteration_end: Optional[Callable[[TrainState], bool]] = None,
+          batch_size_at: Optional[Callable[[int], int]] = None, train_tokens: Optional[int] = None,
+          tokens_per_sample: int = 0) -> TrainState:
     """Trains until ``train_iters`` (or an exit condition); ``on_iteration_end`` may request a stop (e.g.
-    after saving on SIGTERM) by returning True."""
+    after saving on SIGTERM) by returning True.
+
+    batch_size_at(consumed samples) -> global batch: a batch-size ramp-up (--rampup-batch-size); each step
+    then runs as many micro-batches as that batch needs. train_tokens: stop once consumed samples x
+    tokens_per_sample reach it (Megatron-DeepSpeed's --train-tokens)."""
     start_time = time.monotonic()
     while state.iteration < train_iters:
-        loss, grad_norm, skipped = train_step(engine, train_batches, gradient_accumulation_steps)
+        if train_tokens is not None and state.consumed_train_samples * tokens_per_sample >= train_tokens:
+            break
+        if batch_size_at is not None:
+            global_batch_size = batch_size_at(state.consumed_train_samples)
+            gradient_accumulation_steps = set_global_batch(engine, global_batch_size)
+        loss, grad_norm, skipped = train_step(engine, train_batches, gradient_accumulation_steps,
+                                              explicit_boundaries=batch_size_at is not None)
         state.iteration += 1
         state.consumed_train_samples += global_batch_size
+        state.global_batch_size = global_batch_size
         if not skipped:
             _check_finite(loss, state.iteration)
         state.losses.append(loss)
         # Only fp16 has a dynamic loss scale; DeepSpeed reports 1.0 otherwise, which would read as a value.
         loss_scale = engine._get_optimizer_loss_scale() if engine.fp16_enabled() else None
-        progress.record_step(state.iteration, loss, engine.get_lr()[0], grad_norm, loss_scale, skipped)
+        progress.record_step(state.iteration, loss, engine.get_lr()[0], grad_norm, loss_scale, skipped,
+                             consumed_samples=state.consumed_train_samples, batch_size=global_batch_size)
 
         if eval_interval and valid_batches is not None and state.iteration % eval_interval == 0:
             progress.record_eval(state.iteration, evaluate(engine, valid_batches(),
-                                                           eval_iters * gradient_accumulation_steps))
+                                                           eval_iters * gradient_accumulation_steps),
+                                 consumed_samples=state.consumed_train_samples)
         stop = on_iteration_end(state) if on_iteration_end is not None else False
         if exit_interval and state.iteration % exit_interval == 0:
             stop = True

@@ -18,7 +18,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> List[Dict]:
 
 
 def build_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float, betas, eps: float,
-                    cpu_offload: bool):
+                    cpu_offload: bool, kind: str = "adam", sgd_momentum: float = 0.9):
     """AdamW, or DeepSpeed's vectorised CPU Adam when ZeRO offloads optimizer state to the CPU.
 
     AdamW is torch's fused kernel where this torch has one for the parameters' device (CUDA, and CPU from
@@ -28,6 +28,8 @@ def build_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float, b
     rounding (tests/training/test_lr_schedule.py).
     """
     groups = param_groups(model, weight_decay)
+    if kind == "sgd":  # Megatron's --optimizer sgd: weight decay is added to the gradient (coupled), as in torch
+        return torch.optim.SGD(groups, lr=lr, momentum=sgd_momentum, weight_decay=weight_decay)
     if cpu_offload:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 

@@ -8,6 +8,7 @@ from deepspeed.accelerator import get_accelerator
 
 from megatron.checkpointing import Checkpointer
 from megatron.config import RunConfig
+from megatron.config.run_length import rampup_of
 from megatron.core import comm
 from megatron.core import parallel_state as ps
 from megatron.core.tensor_parallel import set_random_seed
@@ -18,6 +19,7 @@ from megatron.training.loop import TrainState, train
 from megatron.training.model_setup import build_model, flops_per_iteration
 from megatron.training.peak_flops import device_peak_tflops
 from megatron.training.progress_log import ProgressLog, ThroughputModel
+from megatron.training.tensorboard_tags import MegatronDeepSpeedTags
 
 
 def log_rank0(message: str):
@@ -49,6 +51,8 @@ def metrics_path(config: RunConfig) -> Optional[str]:
 
 def pretrain(config: RunConfig, printer=log_rank0) -> TrainState:
     """Runs the whole job on an initialised world (``comm.init_distributed()``); returns the final state."""
+    for note in config.notes:  # legacy flags without effect, Megatron-DeepSpeed defaults taken (logged once)
+        printer(f"> note: {note}")
     initialize_parallel(config, printer)
     allocator_note = host_allocator_note(get_accelerator().device_name())
     if allocator_note:
@@ -73,12 +77,19 @@ def pretrain(config: RunConfig, printer=log_rank0) -> TrainState:
             f"{format(peak, '.3f') if peak else 'n/a'} TFLOP/s/device ({peak_source})")
     progress = ProgressLog(log_interval=config.logging.log_interval, throughput=throughput,
                            metrics_file=metrics_path(config), tensorboard_dir=config.logging.tensorboard_dir,
-                           is_writer=comm.get_rank() == 0, printer=printer)
+                           is_writer=comm.get_rank() == 0, printer=printer,
+                           tensorboard_tags=config.logging.tensorboard_tags,
+                           megatron_deepspeed_tags=MegatronDeepSpeedTags.from_logging(config.logging),
+                           tensorboard_queue_size=config.logging.tensorboard_queue_size,
+                           tokens_per_sample=config.model.seq_length)
     # --load / --save / --save-interval / --keep-last; SIGTERM or SIGINT saves and stops the loop.
     checkpointer = Checkpointer.from_config(engine, config, log=printer)
     resumed = checkpointer.resume()
+    if resumed is None and config.checkpoint.load and config.checkpoint.exit_on_missing_checkpoint:
+        raise ValueError(f"--exit-on-missing-checkpoint: {config.checkpoint.load} holds no checkpoint")
     state = TrainState() if resumed is None else TrainState(iteration=resumed.iteration,
                                                             consumed_train_samples=resumed.consumed_train_samples)
+    rampup = rampup_of(training)
     train_batches = data.train_batches(state.consumed_train_samples)
     checkpointer.restore_rng()  # after the DataLoader iterator, which draws from torch's RNG when created
     with checkpointer:
@@ -88,7 +99,9 @@ def pretrain(config: RunConfig, printer=log_rank0) -> TrainState:
                   global_batch_size=global_batch, train_batches=train_batches, progress=progress,
                   eval_interval=training.eval_interval, eval_iters=training.eval_iters,
                   valid_batches=data.valid_batches, exit_interval=training.exit_interval,
-                  exit_duration_in_mins=training.exit_duration_in_mins, on_iteration_end=checkpointer)
+                  exit_duration_in_mins=training.exit_duration_in_mins, on_iteration_end=checkpointer,
+                  batch_size_at=rampup.batch_size_at if rampup else None, train_tokens=training.train_tokens,
+                  tokens_per_sample=config.model.seq_length)
         finally:
             progress.close()
         checkpointer.finish(state)

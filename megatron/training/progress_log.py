@@ -36,7 +36,8 @@ def memory_figures() -> dict:
 
 class ProgressLog:
     def __init__(self, *, log_interval: int, throughput: ThroughputModel, metrics_file: Optional[str],
-                 tensorboard_dir: Optional[str], is_writer: bool, printer=print):
+                 tensorboard_dir: Optional[str], is_writer: bool, printer=print, tensorboard_tags: str = "native",
+                 megatron_deepspeed_tags=None, tensorboard_queue_size: int = 10, tokens_per_sample: int = 0):
         self.log_interval = log_interval
         self.throughput = throughput
         self.is_writer = is_writer
@@ -51,7 +52,16 @@ class ProgressLog:
             except ImportError as error:
                 raise ValueError("--tensorboard-dir needs the `tensorboard` package: pip install tensorboard") \
                     from error
-            self.tensorboard = SummaryWriter(log_dir=tensorboard_dir)
+            self.tensorboard = SummaryWriter(log_dir=tensorboard_dir, max_queue=tensorboard_queue_size)
+        # --tensorboard-tags: our train/* and eval/* tags, Megatron-DeepSpeed's names, or both.
+        self.native_tags = tensorboard_tags in ("native", "both")
+        self.megatron_deepspeed = None
+        if self.tensorboard is not None and tensorboard_tags in ("megatron-deepspeed", "both"):
+            from megatron.training.tensorboard_tags import MegatronDeepSpeedTags, MegatronDeepSpeedWriter
+
+            self.megatron_deepspeed = MegatronDeepSpeedWriter(
+                self.tensorboard, megatron_deepspeed_tags or MegatronDeepSpeedTags(), throughput.world_size)
+        self.tokens_per_sample = tokens_per_sample
         self._reset_interval()
         self.history = []
 
@@ -60,7 +70,12 @@ class ProgressLog:
         self._interval_start = time.perf_counter()
 
     def record_step(self, iteration: int, loss: float, lr: float, grad_norm: Optional[float],
-                    loss_scale: Optional[float], skipped: bool):
+                    loss_scale: Optional[float], skipped: bool, consumed_samples: Optional[int] = None,
+                    batch_size: Optional[int] = None):
+        if self.megatron_deepspeed is not None and consumed_samples is not None:
+            self.megatron_deepspeed.train_step(
+                iteration, samples=consumed_samples, tokens=consumed_samples * self.tokens_per_sample, loss=loss,
+                lr=lr, batch_size=batch_size, grad_norm=grad_norm, loss_scale=loss_scale, memory=memory_figures())
         self._steps += 1
         self._skipped += int(skipped)
         if not skipped:
@@ -91,8 +106,12 @@ class ProgressLog:
             self._write(record, "train")
         self._reset_interval()
 
-    def record_eval(self, iteration: int, loss: float):
+    def record_eval(self, iteration: int, loss: float, consumed_samples: Optional[int] = None):
         record = {"iteration": iteration, "eval_loss": loss, "eval_ppl": _perplexity(loss)}
+        if self.megatron_deepspeed is not None and consumed_samples is not None:
+            self.megatron_deepspeed.validation(iteration, samples=consumed_samples,
+                                               tokens=consumed_samples * self.tokens_per_sample, loss=loss,
+                                               ppl=record["eval_ppl"])
         self.history.append(record)
         if self.is_writer:
             self.printer(f" validation at iteration {iteration:>6} | loss {loss:.4f} | ppl {record['eval_ppl']:.3f}")
@@ -102,10 +121,11 @@ class ProgressLog:
         if self.metrics_file:
             with open(self.metrics_file, "a") as handle:
                 handle.write(json.dumps({"kind": kind, **record}) + "\n")
-        if self.tensorboard is not None:
+        if self.tensorboard is not None and self.native_tags:
             for key, value in record.items():
                 if key != "iteration" and isinstance(value, (int, float)) and value is not None:
                     self.tensorboard.add_scalar(f"{kind}/{key}", value, record["iteration"])
+        if self.tensorboard is not None:
             self.tensorboard.flush()
 
     def close(self):
