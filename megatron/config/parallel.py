@@ -33,6 +33,9 @@ class ParallelConfig:
     sequence_parallel: bool = option(False, "Megatron sequence parallelism: split norm/dropout "
                                      "activations along the sequence over the tensor-parallel ranks "
                                      "(needs TP > 1).")
+    distributed_timeout_minutes: float = option(
+        10.0, "A collective waiting longer than this fails the job, naming the ranks that stopped sending "
+        "heartbeats (applies to every process group).", minimum=0.05)
     world_size: int = option(1, "Number of ranks.", cli=False, minimum=1,
                              derived="parse_config's world_size argument, else $WORLD_SIZE, else 1")
     data_parallel_size: Optional[int] = option(None, "Data-parallel degree.", cli=False,

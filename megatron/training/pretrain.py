@@ -7,6 +7,7 @@ import torch
 from deepspeed.accelerator import get_accelerator
 
 from megatron.checkpointing import Checkpointer
+from megatron.checkpointing.tokenizer_check import tokenizer_fingerprint
 from megatron.config import RunConfig
 from megatron.core import comm
 from megatron.core import parallel_state as ps
@@ -14,10 +15,11 @@ from megatron.core.tensor_parallel import set_random_seed
 from megatron.training.data_setup import TrainingData, build_training_data
 from megatron.training.engine import build_engine
 from megatron.training.host_allocator import host_allocator_note
-from megatron.training.loop import TrainState, train
+from megatron.training.loop import TrainState, TrainingDiverged, train
 from megatron.training.model_setup import build_model, flops_per_iteration
 from megatron.training.peak_flops import device_peak_tflops
 from megatron.training.progress_log import ProgressLog, ThroughputModel
+from megatron.training.run_guard import CollectiveFailure, RunGuard
 
 
 def log_rank0(message: str):
@@ -50,6 +52,15 @@ def metrics_path(config: RunConfig) -> Optional[str]:
 def pretrain(config: RunConfig, printer=log_rank0) -> TrainState:
     """Runs the whole job on an initialised world (``comm.init_distributed()``); returns the final state."""
     initialize_parallel(config, printer)
+    # Save folder writable and locked, watchdog started: before any data, model or training work.
+    guard = RunGuard(config, printer).start()
+    try:
+        return _pretrain(config, guard, printer)
+    finally:
+        guard.close()
+
+
+def _pretrain(config: RunConfig, guard: "RunGuard", printer) -> TrainState:
     allocator_note = host_allocator_note(get_accelerator().device_name())
     if allocator_note:
         printer(allocator_note)
@@ -75,7 +86,8 @@ def pretrain(config: RunConfig, printer=log_rank0) -> TrainState:
                            metrics_file=metrics_path(config), tensorboard_dir=config.logging.tensorboard_dir,
                            is_writer=comm.get_rank() == 0, printer=printer)
     # --load / --save / --save-interval / --keep-last; SIGTERM or SIGINT saves and stops the loop.
-    checkpointer = Checkpointer.from_config(engine, config, log=printer)
+    checkpointer = Checkpointer.from_config(engine, config, log=printer,
+                                            tokenizer=tokenizer_fingerprint(data.tokenizer, config.data))
     resumed = checkpointer.resume()
     state = TrainState() if resumed is None else TrainState(iteration=resumed.iteration,
                                                             consumed_train_samples=resumed.consumed_train_samples)
@@ -88,7 +100,14 @@ def pretrain(config: RunConfig, printer=log_rank0) -> TrainState:
                   global_batch_size=global_batch, train_batches=train_batches, progress=progress,
                   eval_interval=training.eval_interval, eval_iters=training.eval_iters,
                   valid_batches=data.valid_batches, exit_interval=training.exit_interval,
-                  exit_duration_in_mins=training.exit_duration_in_mins, on_iteration_end=checkpointer)
+                  exit_duration_in_mins=training.exit_duration_in_mins,
+                  on_iteration_end=guard.iteration_hook(checkpointer),
+                  max_skipped_steps=training.max_skipped_steps)
+        except TrainingDiverged as error:
+            raise TrainingDiverged(f"{error}. {checkpointer.last_good_note()}") from None
+        except Exception as error:
+            guard.raise_if_collective_failure(error)
+            raise
         finally:
             progress.close()
         checkpointer.finish(state)
