@@ -53,6 +53,7 @@ class Checkpointer:
         self.config, self.tokens_per_sample = config, tokens_per_sample
         self.log = log or print_rank0
         self.last_saved_iteration: Optional[int] = None
+        self.last_saved_dir: Optional[str] = save_dir  # where last_saved_iteration lies (--load after a resume)
         self.received_signal: Optional[int] = None
         self.kill_switch_file, self.handle_signals = kill_switch_file, handle_signals
         self.tokenizer = tokenizer  # fingerprint (tokenizer_check.py): saved, and compared on resume
@@ -81,6 +82,7 @@ class Checkpointer:
                                   tokenizer=self.tokenizer)
         if resumed is not None:
             self.last_saved_iteration = resumed.iteration if not checkpoint.finetune else None
+            self.last_saved_dir = checkpoint.load
         self._resumed = resumed
         return resumed
 
@@ -156,9 +158,9 @@ class Checkpointer:
             where = ("no checkpoint of this run exists yet" if self.save_dir else
                      "this run saves no checkpoints (no --save)")
             return f"{where}; restart with a lower --lr (and a longer warmup or --clip-grad)"
-        folder = os.path.join(self.save_dir or "", f"global_step{self.last_saved_iteration}")
+        folder = os.path.join(self.last_saved_dir, f"global_step{self.last_saved_iteration}")
         return (f"The last good checkpoint is {folder} (iteration {self.last_saved_iteration}, named by `latest`): "
-                f"resume with --load {self.save_dir} and a lower --lr (or a longer warmup, or --clip-grad)")
+                f"resume with --load {self.last_saved_dir} and a lower --lr (or a longer warmup, or --clip-grad)")
 
     def save(self, state):
         if not self.save_dir or self.last_saved_iteration == state.iteration:
@@ -169,7 +171,7 @@ class Checkpointer:
                                  consumed_train_samples=state.consumed_train_samples,
                                  consumed_train_tokens=tokens, config=self.config, keep_last=self.keep_last,
                                  tokenizer=self.tokenizer)
-        self.last_saved_iteration = state.iteration
+        self.last_saved_iteration, self.last_saved_dir = state.iteration, self.save_dir
         self.log(f"> saved checkpoint {folder}")
 
     def on_iteration_end(self, state) -> bool:

@@ -228,7 +228,7 @@ def save_checkpoint(engine, save_dir: str, *, iteration: int, consumed_train_sam
     comm.barrier()
 
     if rank == 0:
-        replace_recovery_scripts(os.path.join(save_dir, temporary_tag))
+        replace_recovery_scripts(save_dir)  # DeepSpeed copies its scripts into the save folder itself
         write_manifest(os.path.join(save_dir, temporary_tag), iteration=iteration, layout=layout,
                        parameters=parameters, pipeline_names=names, training=training, versions=versions(),
                        config=client_state[CLIENT_STATE_KEY]["config"], tokenizer=tokenizer)
