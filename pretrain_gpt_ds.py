@@ -8,8 +8,10 @@ corpus, so the command works on a fresh machine.
 """
 
 import os
+import signal
 import sys
 
+from megatron.checkpointing.checkpointer import EXIT_SIGNALS, stop_agreed
 from megatron.config import ConfigError, parse_config
 from megatron.core import comm
 from megatron.training.exit_codes import EXIT_DIVERGED, EXIT_HUNG, EXIT_STOPPED
@@ -18,12 +20,24 @@ from megatron.training.pretrain import pretrain
 from megatron.training.run_guard import CollectiveFailure
 
 
+def _signal_outside_training(number, frame):
+    """SIGTERM/SIGINT while no training loop handles them: after a stop was agreed (the checkpoint is saved
+    and the rank is tearing down) the launcher's repeated signal is ignored, so the rank still exits 75;
+    otherwise the default action."""
+    if stop_agreed():
+        return
+    signal.signal(number, signal.SIG_DFL)
+    os.kill(os.getpid(), number)
+
+
 def main(argv=None):
     """Exit codes: megatron/training/exit_codes.py (0 done, 1 error, 3 diverged, 4 hung peer, 75 stopped)."""
     try:
         config = parse_config(argv)  # every contradiction and impossible combination fails here, before any engine
     except ConfigError as error:
         sys.exit(f"pretrain_gpt_ds.py: configuration error: {error}")
+    for number in EXIT_SIGNALS:
+        signal.signal(number, _signal_outside_training)
     comm.init_distributed(timeout_minutes=config.parallel.distributed_timeout_minutes)
     try:
         state = pretrain(config)

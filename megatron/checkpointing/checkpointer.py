@@ -28,6 +28,12 @@ from megatron.core import comm
 
 
 EXIT_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_stop_agreed = False  # set once the ranks agreed to stop: later signals are the launcher repeating the request
+
+
+def stop_agreed() -> bool:
+    """True once a Checkpointer of this process stopped a run on a signal or the kill switch."""
+    return _stop_agreed
 REPEAT_GRACE_S = 10.0
 _KILL_SWITCH = 1 << 8  # flag bit, next to the signal number in the all-reduced stop flag
 
@@ -181,6 +187,8 @@ class Checkpointer:
         if stop or (self.save_interval and state.iteration % self.save_interval == 0):
             self.save(state)
         if stop:
+            global _stop_agreed
+            _stop_agreed = True
             state.stop_reason = self._describe_stop(flag)
             self.log(f"> {state.stop_reason}: stopping after iteration {state.iteration}"
                      f"{' (checkpoint saved)' if self.save_dir else ''}")
