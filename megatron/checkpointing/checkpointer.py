@@ -101,6 +101,8 @@ class Checkpointer:
 
     # --- signals -----------------------------------------------------------------------------------
     def __enter__(self):
+        global _stop_agreed
+        _stop_agreed = False
         if not self.handle_signals:
             return self
         for number in EXIT_SIGNALS:

@@ -171,3 +171,32 @@ def test_a_stopped_rank_fails_the_job_naming_it(checkpoint_corpus, tmp_path):
         assert not job.shm_files()
     finally:
         job.kill()
+
+
+def test_entry_script_exit_codes_for_bad_numbers_and_divergence(checkpoint_corpus, tmp_path):
+    """One process, no launcher: `--lr nan` exits 1 at parse time; `--lr 1e6` diverges and exits 3."""
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    save = str(tmp_path / "checkpoints")
+    flags = _flags(checkpoint_corpus, save)
+    flags[flags.index("--train-iters") + 1] = "12"
+    flags[flags.index("--save-interval") + 1] = "1"
+    flags[flags.index("--deepspeed_config") + 1] = os.path.join(REPO, "deepspeed_configs", "zero0.json")
+    lr = flags.index("--lr") + 1
+
+    flags[lr] = "nan"
+    result = subprocess.run(["python", "pretrain_gpt_ds.py", *flags], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1 and "--lr nan is not a finite number" in result.stderr, result.stderr[-2000:]
+
+    flags[lr] = "1e6"
+    env["MASTER_PORT"] = str(random.randint(20000, 40000))
+    result = subprocess.run(["python", "pretrain_gpt_ds.py", *flags], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 3, result.stdout[-3000:] + result.stderr[-3000:]
+    found = re.search(r"training diverged at iteration (\d+):", result.stderr)
+    assert found, result.stderr[-3000:]
+    good = int(found.group(1)) - 1
+    assert open(os.path.join(save, "latest")).read() == f"global_step{good}"
+    assert f"--load {save}" in result.stderr and "lower --lr" in result.stderr
