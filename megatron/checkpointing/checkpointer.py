@@ -31,6 +31,11 @@ EXIT_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _stop_agreed = False  # set once the ranks agreed to stop: later signals are the launcher repeating the request
 
 
+class NonFiniteModelError(FloatingPointError):
+    """The model (or the step's loss) is not finite: it is not saved. The training loop's divergence error
+    (megatron/training/loop.py TrainingDiverged) is one of these."""
+
+
 def stop_agreed() -> bool:
     """True once a Checkpointer of this process stopped a run on a signal or the kill switch."""
     return _stop_agreed
@@ -155,9 +160,7 @@ class Checkpointer:
         flag = torch.tensor([local], dtype=torch.int32)
         comm.all_reduce(flag, op=comm.ReduceOp.MAX)
         if flag.item():
-            from megatron.training.loop import TrainingDiverged
-
-            raise TrainingDiverged(f"the model is not finite at iteration {state.iteration} (non-finite parameters "
+            raise NonFiniteModelError(f"the model is not finite at iteration {state.iteration} (non-finite parameters "
                                    f"or loss): refusing to save it")
 
     def last_good_note(self) -> str:

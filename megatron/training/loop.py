@@ -13,6 +13,7 @@ from typing import Callable, Iterator, List, Optional
 
 import torch
 
+from megatron.checkpointing.checkpointer import NonFiniteModelError
 from megatron.core import comm
 from megatron.core import parallel_state as ps
 from megatron.core.grad_norm import global_grad_norm
@@ -85,7 +86,7 @@ def evaluate(engine, micro_batches: Iterator[dict], num_micro_batches: int) -> f
     return _data_parallel_mean(total / num_micro_batches)
 
 
-class TrainingDiverged(FloatingPointError):
+class TrainingDiverged(NonFiniteModelError):
     """Training produced non-finite numbers; raised before anything of the broken step is saved."""
 
 

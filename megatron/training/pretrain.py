@@ -7,6 +7,7 @@ import torch
 from deepspeed.accelerator import get_accelerator
 
 from megatron.checkpointing import Checkpointer
+from megatron.checkpointing.checkpointer import NonFiniteModelError
 from megatron.checkpointing.tokenizer_check import tokenizer_fingerprint
 from megatron.config import RunConfig
 from megatron.core import comm
@@ -19,7 +20,7 @@ from megatron.training.loop import TrainState, TrainingDiverged, train
 from megatron.training.model_setup import build_model, flops_per_iteration
 from megatron.training.peak_flops import device_peak_tflops
 from megatron.training.progress_log import ProgressLog, ThroughputModel
-from megatron.training.run_guard import CollectiveFailure, RunGuard
+from megatron.training.run_guard import RunGuard
 
 
 def log_rank0(message: str):
@@ -60,7 +61,7 @@ def pretrain(config: RunConfig, printer=log_rank0) -> TrainState:
         guard.close()
 
 
-def _pretrain(config: RunConfig, guard: "RunGuard", printer) -> TrainState:
+def _pretrain(config: RunConfig, guard: RunGuard, printer) -> TrainState:
     allocator_note = host_allocator_note(get_accelerator().device_name())
     if allocator_note:
         printer(allocator_note)
@@ -103,7 +104,7 @@ def _pretrain(config: RunConfig, guard: "RunGuard", printer) -> TrainState:
                   exit_duration_in_mins=training.exit_duration_in_mins,
                   on_iteration_end=guard.iteration_hook(checkpointer),
                   max_skipped_steps=training.max_skipped_steps)
-        except TrainingDiverged as error:
+        except NonFiniteModelError as error:  # the loop's TrainingDiverged, or a save that found NaN weights
             raise TrainingDiverged(f"{error}. {checkpointer.last_good_note()}") from None
         except Exception as error:
             guard.raise_if_collective_failure(error)
