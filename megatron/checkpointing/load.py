@@ -15,13 +15,14 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from megatron.checkpointing.manifest import (compare_parameters, manifest_layout, read_manifest,
-                                             verify_files)
+from megatron.checkpointing.manifest import (compare_parameters, file_problems, manifest_layout, raise_file_problems,
+                                             read_manifest)
 from megatron.checkpointing.parameters import global_parameter_table, model_name_function
 from megatron.checkpointing.rng_state import load_rng_state
 from megatron.checkpointing.safe_load import (CheckpointError, install_safe_checkpoint_engine, safe_torch_load,
                                               weights_only_torch_load)
 from megatron.checkpointing.save import CLIENT_STATE_KEY, current_layout, deepspeed_engine, print_rank0, read_latest
+from megatron.checkpointing.tokenizer_check import check_tokenizer
 from megatron.checkpointing.universal import ensure_universal, universal_model_state_file, user_converted_universal
 from megatron.checkpointing.universal_load import load_universal_into_engine
 from megatron.core import comm
@@ -53,6 +54,16 @@ def find_checkpoint(load_dir: str) -> Optional[str]:
         raise CheckpointError(f"{os.path.join(load_dir, 'latest')} names {tag!r} but {folder} does not exist; "
                               f"point `latest` at an existing global_step* folder")
     return folder
+
+
+def _verify_files_together(folder: str, manifest: dict):
+    """Sizes on every rank; checksums split over the ranks (each reads 1/world of the bytes), the problems
+    gathered so every rank raises the same error."""
+    world = comm.get_world_size()
+    problems = file_problems(folder, manifest, share=comm.get_rank(), shares=world)
+    if world > 1:
+        problems = sorted({problem for found in comm.all_gather_object(problems) for problem in found})
+    raise_file_problems(folder, problems)
 
 
 def _needs_resharding(saved, current, load_optimizer: bool) -> bool:
@@ -112,7 +123,7 @@ def _refresh_derived_state(wrapper):
 
 def load_checkpoint(engine, load_dir: str, *, finetune: bool = False, no_load_optim: bool = False,
                     no_load_rng: bool = False, universal: bool = False, restore_rng: bool = True,
-                    log=None) -> Optional[ResumePoint]:
+                    log=None, tokenizer: Optional[dict] = None) -> Optional[ResumePoint]:
     """Resume ``engine`` from the newest checkpoint in ``load_dir``; None when there is none (fresh start).
 
     A collective: every rank calls it. ``finetune`` loads weights only and restarts at iteration 0;
@@ -140,7 +151,9 @@ def load_checkpoint(engine, load_dir: str, *, finetune: bool = False, no_load_op
         return None
     tag = os.path.basename(folder)
     manifest = read_manifest(folder)
-    verify_files(folder, manifest)
+    if not finetune:
+        check_tokenizer(folder, manifest.get("tokenizer"), tokenizer)
+    _verify_files_together(folder, manifest)
     saved_layout, layout = manifest_layout(manifest), current_layout(engine)
     parameters = global_parameter_table(engine.module)
     compare_parameters(folder, manifest["parameters"], parameters,

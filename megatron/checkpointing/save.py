@@ -14,6 +14,7 @@ Folder layout (DeepSpeed's files plus ours)::
     <save>/global_stepN/checkpoint_manifest.json   written last: files, sizes, layout, parameters
 """
 
+import errno
 import os
 import re
 import shutil
@@ -28,7 +29,9 @@ from megatron.checkpointing.manifest import Layout, write_manifest
 from megatron.checkpointing.optimizer_state import ensure_adam_state
 from megatron.checkpointing.parameters import (global_parameter_table, global_universal_checkpoint_info,
                                                pipeline_name_maps)
+from megatron.checkpointing.recovery_script import replace_recovery_scripts
 from megatron.checkpointing.rng_state import save_rng_state
+from megatron.checkpointing.safe_load import CheckpointError
 from megatron.core import comm
 from megatron.core import parallel_state as ps
 
@@ -172,13 +175,41 @@ def _optimizer_parameter_names(engine) -> Optional[List[List[str]]]:
     return [[names.get(id(param)) for param in group["params"]] for group in optimizer.param_groups]
 
 
+def _free_bytes(path: str) -> tuple:
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize, stats.f_blocks * stats.f_frsize
+
+
+def _raise_write_failure(save_dir: str, temporary_tag: str, iteration: int, error: Exception):
+    """A failed write: say "disk full" when it is (torch reports ENOSPC as "basic_ios::clear: iostream error"
+    or "file write failed", without the errno), drop the partial folder, and point at the intact checkpoint."""
+    free, total = _free_bytes(save_dir)
+    chain, cause = [], error
+    while cause is not None:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    no_space = any(getattr(item, "errno", None) in (errno.ENOSPC, errno.EDQUOT) for item in chain) or \
+        free < max(1 << 20, total // 1000)
+    shutil.rmtree(os.path.join(save_dir, temporary_tag), ignore_errors=True)
+    previous = read_latest(save_dir)
+    kept = (f"the previous checkpoint {os.path.join(save_dir, previous)} (`latest`) is intact" if previous else
+            "no earlier checkpoint exists in this folder")
+    if no_space:
+        raise CheckpointError(f"disk full: saving iteration {iteration} to {save_dir} failed with {free} bytes free "
+                              f"of {total} ({type(error).__name__}: {error}); the partial save was removed and "
+                              f"{kept}. Free space (or --keep-last N, or another --save) and resume with --load") \
+            from error
+    raise CheckpointError(f"saving iteration {iteration} to {save_dir} failed ({type(error).__name__}: {error}); "
+                          f"the partial save was removed and {kept}") from error
+
+
 def save_checkpoint(engine, save_dir: str, *, iteration: int, consumed_train_samples: int,
                     consumed_train_tokens: Optional[int] = None, config=None,
-                    keep_last: Optional[int] = None) -> str:
+                    keep_last: Optional[int] = None, tokenizer: Optional[dict] = None) -> str:
     """Save the engine's full training state as ``<save_dir>/global_step<iteration>``; returns that folder.
 
     A collective: every rank calls it with the same arguments. ``config`` is the RunConfig (stored in the
-    checkpoint so a resume can check and reuse it).
+    checkpoint so a resume can check and reuse it); ``tokenizer`` its fingerprint (tokenizer_check.py).
     """
     if not save_dir:
         raise ValueError("save_checkpoint needs a folder: pass --save DIR")
@@ -203,16 +234,20 @@ def save_checkpoint(engine, save_dir: str, *, iteration: int, consumed_train_sam
     }
     if engine.zero_optimization_stage() == 3:
         ensure_adam_state(engine)  # a ZeRO-3 save before the first step would have empty optimizer shards
-    engine.save_checkpoint(save_dir, tag=temporary_tag, client_state=client_state, save_latest=False)
-    save_rng_state(os.path.join(save_dir, temporary_tag), rank)
+    try:
+        engine.save_checkpoint(save_dir, tag=temporary_tag, client_state=client_state, save_latest=False)
+        save_rng_state(os.path.join(save_dir, temporary_tag), rank)
+    except Exception as error:  # noqa: BLE001 - classified, then re-raised
+        _raise_write_failure(save_dir, temporary_tag, iteration, error)
     parameters = global_parameter_table(engine.module)  # a collective, so also a barrier after the writes
     names = pipeline_name_maps(engine.module)
     comm.barrier()
 
     if rank == 0:
+        replace_recovery_scripts(save_dir)  # DeepSpeed copies its scripts into the save folder itself
         write_manifest(os.path.join(save_dir, temporary_tag), iteration=iteration, layout=layout,
                        parameters=parameters, pipeline_names=names, training=training, versions=versions(),
-                       config=client_state[CLIENT_STATE_KEY]["config"])
+                       config=client_state[CLIENT_STATE_KEY]["config"], tokenizer=tokenizer)
         _publish(save_dir, temporary_tag, tag)
         if keep_last:
             prune_checkpoints(save_dir, keep_last)

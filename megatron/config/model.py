@@ -67,9 +67,10 @@ class ModelConfig:
     untie_embeddings_and_output_weights: bool = option(
         False, "Separate output-layer weights instead of reusing the input embedding.",
         const_aliases={"--tie-embeddings-and-output-weights": False})
-    attention_dropout: float = option(0.1, "Dropout probability on attention weights.")
-    hidden_dropout: float = option(0.1, "Dropout probability on the residual branches.")
-    init_method_std: float = option(0.02, "Standard deviation of the normal weight initialisation.")
+    attention_dropout: float = option(0.1, "Dropout probability on attention weights.", minimum=0)
+    hidden_dropout: float = option(0.1, "Dropout probability on the residual branches.", minimum=0)
+    init_method_std: float = option(0.02, "Standard deviation of the normal weight initialisation.",
+                                    minimum=0)
     vocab_size: Optional[int] = option(
         None, "Vocabulary size before padding. As a flag, only for --tokenizer-type NullTokenizer: its number "
         "of text ids (the tokenizer adds EOD). Once the tokenizer exists, RunConfig.with_vocab() stores the "

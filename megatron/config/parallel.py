@@ -37,6 +37,9 @@ class ParallelConfig:
         None, "torch.distributed backend. A backend this machine's accelerator cannot run (nccl without CUDA, "
         "ccl without oneCCL) is replaced by the accelerator's own, with a log line.",
         choices=("nccl", "gloo", "ccl", "mpi", "hccl", "xccl"), derived="the accelerator's backend (gloo on CPU)")
+    distributed_timeout_minutes: float = option(
+        10.0, "A collective waiting longer than this fails the job, naming the ranks that stopped sending "
+        "heartbeats (applies to every process group).", minimum=0.05)
     world_size: int = option(1, "Number of ranks.", cli=False, minimum=1,
                              derived="parse_config's world_size argument, else $WORLD_SIZE, else 1")
     data_parallel_size: Optional[int] = option(None, "Data-parallel degree.", cli=False,

@@ -39,6 +39,15 @@ class TrainingConfig:
                                           minimum=1)
     exit_duration_in_mins: Optional[float] = option(None, "Stop (after saving) once the run has lasted "
                                                     "this many minutes.", minimum=0)
+    max_skipped_steps: int = option(
+        3, "Stop the run (exit code 3, nothing saved) after this many consecutive steps with a non-finite loss "
+        "under fp16 dynamic loss scaling; without loss scaling (fp32, bf16) the first non-finite loss or grad "
+        "norm stops it.", minimum=1)
+    kill_switch_file: Optional[str] = option(None, "Save and stop (exit code 75) at the end of the step in "
+                                             "which this file exists on any rank.")
+    exit_signal_handler: bool = option(
+        True, "On SIGTERM/SIGINT save at the end of the current step and exit with code 75 (on by default "
+        "here; Megatron's switch).", const_aliases={"--no-exit-signal-handler": False})
     clip_grad: float = option(1.0, "Clip the global gradient norm to this (0 disables); DeepSpeed's "
                               "gradient_clipping.", minimum=0)
     weight_decay: float = option(0.01, "AdamW weight decay (not applied to biases and norms).", minimum=0)

@@ -37,6 +37,10 @@ def _check_fields(group) -> None:
             if field.metadata.get(REQUIRED):
                 raise ConfigError(f"{flag_of(field)} is required ({field.metadata['help']})")
             continue
+        if isinstance(value, float) and not math.isfinite(value):
+            # NaN compares False with everything, so it would pass every minimum; inf passes them all too.
+            raise ConfigError(f"{flag_of(field)} {value} is not a finite number; give a finite value "
+                              f"({field.metadata['help']})")
         minimum = field.metadata.get(MINIMUM)
         if minimum is not None and value < minimum:
             raise ConfigError(f"{flag_of(field)} {value} must be >= {minimum}")

@@ -27,18 +27,62 @@ def default_backend():
     return get_accelerator().communication_backend_name()
 
 
-def init_distributed(backend=None, timeout_minutes=30):
+def init_distributed(backend=None, timeout_minutes=10.0):
     """Join (or create) the default process group and hand it to ``deepspeed.comm``.
 
     Works under the ``deepspeed`` launcher, ``torchrun`` (env://) and ``mpirun`` (DeepSpeed's MPI discovery
     fills RANK/WORLD_SIZE from mpi4py when they are missing). Single-process runs get a world of one.
+
+    ``timeout_minutes`` (--distributed-timeout-minutes) bounds every collective of every group: torch gives
+    groups made later by ``new_group`` (ours and DeepSpeed's) its module default, not the world's timeout, so
+    that default is set too.
     """
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    _set_default_group_timeout(timeout)
     if not torch.distributed.is_initialized() and _single_process_launch():
         for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"),
                            ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")):
             os.environ.setdefault(key, value)
-    deepspeed.init_distributed(dist_backend=backend or default_backend(),
-                               timeout=datetime.timedelta(minutes=timeout_minutes))
+    deepspeed.init_distributed(dist_backend=backend or default_backend(), timeout=timeout)
+    _unlink_shm_allreduce_buffer()
+
+
+def _set_default_group_timeout(timeout: datetime.timedelta):
+    from torch.distributed import distributed_c10d
+
+    distributed_c10d.default_pg_timeout = timeout
+    if hasattr(distributed_c10d, "default_pg_nccl_timeout"):
+        distributed_c10d.default_pg_nccl_timeout = timeout
+
+
+def group_timeout() -> datetime.timedelta:
+    """The timeout new groups get (--distributed-timeout-minutes once :func:`init_distributed` ran)."""
+    from torch.distributed import distributed_c10d
+
+    return distributed_c10d.default_pg_timeout
+
+
+def shm_allreduce_buffer_name(rank: int) -> str:
+    """The POSIX shared-memory name DeepSpeed's CPU backend creates for ``rank`` when all ranks share a node
+    (deepspeed/ops/csrc/cpu/comm/shm.cpp: deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>);
+    its file is /dev/shm/<name>."""
+    return (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{rank}")
+
+
+def _unlink_shm_allreduce_buffer():
+    """DeepSpeed's CPU backend maps one shared-memory buffer per rank (tens of MB, RAM-backed) and never
+    unlinks it, so every run, and every killed run, left them in /dev/shm. Each rank maps every peer's buffer
+    inside ``init_distributed``; after a barrier all mappings exist, the names are no longer needed, and each
+    rank removes its own. The memory lives on until the last rank unmaps it (exits), whatever way it exits."""
+    path = os.path.join("/dev/shm", shm_allreduce_buffer_name(torch.distributed.get_rank()))
+    if torch.distributed.get_world_size() == 1 and not os.path.exists(path):
+        return
+    torch.distributed.barrier()
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass  # the backend was not used (ranks on several nodes, or no shm op built)
 
 
 def _single_process_launch():
@@ -64,7 +108,7 @@ def get_global_rank(group, group_rank):
 
 
 def new_group(ranks):
-    return ds_comm.new_group(list(ranks))
+    return ds_comm.new_group(list(ranks))  # timeout: the default set by init_distributed
 
 
 def destroy_group(group):

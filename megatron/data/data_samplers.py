@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Iterator, Optional
 
 import torch
@@ -81,6 +82,15 @@ def collate_samples(samples: list[dict]) -> dict:
     return {key: torch.stack([sample[key] for sample in samples]) for key in keys}
 
 
+def ignore_exit_signals(worker_id: int):
+    """DataLoader ``worker_init_fn``: a scheduler's SIGTERM or a Ctrl-C reaches the whole process group, and
+    workers that died of it made the rank crash ("DataLoader worker ... killed by signal") before it could
+    save. Workers ignore both; the rank handles them, and its workers end with it (torch's workers exit when
+    their parent is gone)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def build_pretraining_data_loader(
     dataset: Optional[torch.utils.data.Dataset],
     consumed_samples: int,
@@ -102,4 +112,5 @@ def build_pretraining_data_loader(
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_samples,
         persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(0),
+        worker_init_fn=ignore_exit_signals if num_workers > 0 else None,
     )

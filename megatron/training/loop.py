@@ -13,6 +13,7 @@ from typing import Callable, Iterator, List, Optional
 
 import torch
 
+from megatron.checkpointing.checkpointer import NonFiniteModelError
 from megatron.core import comm
 from megatron.core import parallel_state as ps
 from megatron.core.grad_norm import global_grad_norm
@@ -46,6 +47,7 @@ class TrainState:
     global_batch_size: Optional[int] = None  # of the last step (changes during a batch-size ramp-up)
     losses: List[float] = field(default_factory=list)
     history: List[dict] = field(default_factory=list)  # the logged records (train lines and evaluations)
+    stop_reason: Optional[str] = None  # set when a signal or the kill switch stopped the run early
 
 
 def train_step(engine, micro_batches: Iterator[dict], gradient_accumulation_steps: int,
@@ -100,12 +102,48 @@ def set_global_batch(engine, global_batch_size: int) -> int:
     return engine.gradient_accumulation_steps()
 
 
-def _check_finite(loss: float, iteration: int):
-    if not math.isfinite(loss):
-        raise FloatingPointError(
-            f"loss is {loss} at iteration {iteration}: training diverged. Lower --lr, raise the warmup, enable "
-            f"gradient clipping (--clip-grad / gradient_clipping), or use bf16 instead of fp16; resume from the "
-            f"last good checkpoint with --load")
+class TrainingDiverged(NonFiniteModelError):
+    """Training produced non-finite numbers; raised before anything of the broken step is saved."""
+
+
+class DivergenceGuard:
+    """Decides when non-finite steps end the run.
+
+    DeepSpeed skips a step whose gradients hold inf/NaN (it reports it as an overflow) in fp32 and bf16 too,
+    so a skipped step there is a diverged step: without loss scaling nothing will make the next one finite,
+    and ZeRO-0's plain torch optimizer even applies it. The run stops at the first one. Under fp16 dynamic
+    loss scaling overflows are how the scale is found, so only steps whose loss itself is non-finite count,
+    and ``max_skipped_steps`` consecutive ones stop the run.
+    """
+
+    def __init__(self, max_skipped_steps: int, dynamic_loss_scale: bool):
+        self.max_skipped_steps, self.dynamic_loss_scale = max_skipped_steps, dynamic_loss_scale
+        self.consecutive = 0
+
+    def check(self, iteration: int, loss: float, grad_norm: Optional[float], skipped: bool):
+        finite_loss = math.isfinite(loss)
+        finite_norm = grad_norm is None or math.isfinite(grad_norm)
+        if self.dynamic_loss_scale:
+            if finite_loss and not skipped:
+                self.consecutive = 0
+            elif not finite_loss:
+                self.consecutive += 1
+            diverged = self.consecutive >= self.max_skipped_steps
+        else:
+            diverged = not (finite_loss and finite_norm and not skipped)
+        if diverged:
+            how = (f"{self.consecutive} consecutive steps with a non-finite loss (--max-skipped-steps "
+                   f"{self.max_skipped_steps}, fp16 dynamic loss scaling)" if self.dynamic_loss_scale else
+                   "a non-finite step without loss scaling stops the run at once")
+            raise TrainingDiverged(
+                f"training diverged at iteration {iteration}: loss {loss}, grad norm {grad_norm}"
+                f"{', step skipped by DeepSpeed' if skipped else ''} ({how}). Nothing of this step was saved")
+
+
+def _has_dynamic_loss_scale(engine) -> bool:
+    if not engine.fp16_enabled():
+        return False
+    return bool(getattr(engine, "dynamic_loss_scale", lambda: True)())
 
 
 def train(engine, *, state: TrainState, train_iters: int, gradient_accumulation_steps: int,
@@ -115,14 +153,16 @@ def train(engine, *, state: TrainState, train_iters: int, gradient_accumulation_
           exit_interval: Optional[int] = None, exit_duration_in_mins: Optional[float] = None,
           on_iteration_end: Optional[Callable[[TrainState], bool]] = None,
           batch_size_at: Optional[Callable[[int], int]] = None, train_tokens: Optional[int] = None,
-          tokens_per_sample: int = 0) -> TrainState:
+          tokens_per_sample: int = 0, max_skipped_steps: int = 3) -> TrainState:
     """Trains until ``train_iters`` (or an exit condition); ``on_iteration_end`` may request a stop (e.g.
-    after saving on SIGTERM) by returning True.
+    after saving on SIGTERM) by returning True. Non-finite steps raise :class:`TrainingDiverged` before
+    ``on_iteration_end`` runs, so a diverged step is never saved (see :class:`DivergenceGuard`).
 
     batch_size_at(consumed samples) -> global batch: a batch-size ramp-up (--rampup-batch-size); each step
     then runs as many micro-batches as that batch needs. train_tokens: stop once consumed samples x
     tokens_per_sample reach it (Megatron-DeepSpeed's --train-tokens)."""
     start_time = time.monotonic()
+    guard = DivergenceGuard(max_skipped_steps, _has_dynamic_loss_scale(engine))
     while state.iteration < train_iters:
         if train_tokens is not None and state.consumed_train_samples * tokens_per_sample >= train_tokens:
             break
@@ -134,8 +174,7 @@ def train(engine, *, state: TrainState, train_iters: int, gradient_accumulation_
         state.iteration += 1
         state.consumed_train_samples += global_batch_size
         state.global_batch_size = global_batch_size
-        if not skipped:
-            _check_finite(loss, state.iteration)
+        guard.check(state.iteration, loss, grad_norm, skipped)
         state.losses.append(loss)
         # Only fp16 has a dynamic loss scale; DeepSpeed reports 1.0 otherwise, which would read as a value.
         loss_scale = engine._get_optimizer_loss_scale() if engine.fp16_enabled() else None

@@ -7,6 +7,8 @@ import torch
 from deepspeed.accelerator import get_accelerator
 
 from megatron.checkpointing import Checkpointer
+from megatron.checkpointing.checkpointer import NonFiniteModelError
+from megatron.checkpointing.tokenizer_check import tokenizer_fingerprint
 from megatron.config import RunConfig
 from megatron.config.run_length import rampup_of
 from megatron.core import comm
@@ -15,11 +17,12 @@ from megatron.core.tensor_parallel import set_random_seed
 from megatron.training.data_setup import TrainingData, build_training_data
 from megatron.training.engine import build_engine
 from megatron.training.host_allocator import host_allocator_note
-from megatron.training.loop import TrainState, train
+from megatron.training.loop import TrainState, TrainingDiverged, train
 from megatron.training.model_setup import build_model, flops_per_iteration
 from megatron.training.peak_flops import device_peak_tflops
 from megatron.training.progress_log import ProgressLog, ThroughputModel
 from megatron.training.tensorboard_tags import MegatronDeepSpeedTags
+from megatron.training.run_guard import RunGuard
 
 
 def log_rank0(message: str):
@@ -54,6 +57,15 @@ def pretrain(config: RunConfig, printer=log_rank0) -> TrainState:
     for note in config.notes:  # legacy flags without effect, Megatron-DeepSpeed defaults taken (logged once)
         printer(f"> note: {note}")
     initialize_parallel(config, printer)
+    # Save folder writable and locked, watchdog started: before any data, model or training work.
+    guard = RunGuard(config, printer).start()
+    try:
+        return _pretrain(config, guard, printer)
+    finally:
+        guard.close()
+
+
+def _pretrain(config: RunConfig, guard: RunGuard, printer) -> TrainState:
     allocator_note = host_allocator_note(get_accelerator().device_name())
     if allocator_note:
         printer(allocator_note)
@@ -83,7 +95,8 @@ def pretrain(config: RunConfig, printer=log_rank0) -> TrainState:
                            tensorboard_queue_size=config.logging.tensorboard_queue_size,
                            tokens_per_sample=config.model.seq_length)
     # --load / --save / --save-interval / --keep-last; SIGTERM or SIGINT saves and stops the loop.
-    checkpointer = Checkpointer.from_config(engine, config, log=printer)
+    checkpointer = Checkpointer.from_config(engine, config, log=printer,
+                                            tokenizer=tokenizer_fingerprint(data.tokenizer, config.data))
     resumed = checkpointer.resume()
     if resumed is None and config.checkpoint.load and config.checkpoint.exit_on_missing_checkpoint:
         raise ValueError(f"--exit-on-missing-checkpoint: {config.checkpoint.load} holds no checkpoint")
@@ -99,9 +112,16 @@ def pretrain(config: RunConfig, printer=log_rank0) -> TrainState:
                   global_batch_size=global_batch, train_batches=train_batches, progress=progress,
                   eval_interval=training.eval_interval, eval_iters=training.eval_iters,
                   valid_batches=data.valid_batches, exit_interval=training.exit_interval,
-                  exit_duration_in_mins=training.exit_duration_in_mins, on_iteration_end=checkpointer,
+                  exit_duration_in_mins=training.exit_duration_in_mins,
+                  on_iteration_end=guard.iteration_hook(checkpointer),
+                  max_skipped_steps=training.max_skipped_steps,
                   batch_size_at=rampup.batch_size_at if rampup else None, train_tokens=training.train_tokens,
                   tokens_per_sample=config.model.seq_length)
+        except NonFiniteModelError as error:  # the loop's TrainingDiverged, or a save that found NaN weights
+            raise TrainingDiverged(f"{error}. {checkpointer.last_good_note()}") from None
+        except Exception as error:
+            guard.raise_if_collective_failure(error)
+            raise
         finally:
             progress.close()
         checkpointer.finish(state)

@@ -30,11 +30,15 @@ def _plant(path, marker):
 
 
 def _refresh_manifest_sizes(folder):
-    """An attacker controls the whole folder, manifest included: make the size check pass."""
+    """An attacker controls the whole folder, manifest included: make the size and checksum checks pass (the
+    CRC-32 finds corruption, not tampering; the weights-only loader is what stops the code)."""
+    from megatron.checkpointing.manifest import checksum_file
+
     manifest_path = os.path.join(folder, "checkpoint_manifest.json")
     with open(manifest_path) as handle:
         manifest = json.load(handle)
     manifest["files"] = {name: os.path.getsize(os.path.join(folder, name)) for name in manifest["files"]}
+    manifest["checksums"] = {name: checksum_file(os.path.join(folder, name)) for name in manifest["files"]}
     with open(manifest_path, "w") as handle:
         json.dump(manifest, handle)
 

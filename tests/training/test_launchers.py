@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import subprocess
 import sys
 
@@ -43,8 +44,9 @@ def _run(command, output_dir):
 def test_pretrain_script_under_launcher(launcher, synthetic_corpus, tmp_path):
     output_dir = str(tmp_path / launcher)
     if launcher == "deepspeed":
-        command = ["deepspeed", "--num_gpus", "2", "--master_port", "29631", "pretrain_gpt_ds.py"]
-    else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29632",
+        command = ["deepspeed", "--num_gpus", "2", "--master_port", str(random.randint(20000, 40000)),
                    "pretrain_gpt_ds.py"]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                   str(random.randint(20000, 40000)), "pretrain_gpt_ds.py"]
     _run(command + _flags(synthetic_corpus, output_dir), output_dir)
