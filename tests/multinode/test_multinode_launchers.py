@@ -40,7 +40,7 @@ def _training_flags(layout, corpus, output_dir):
     return ["pretrain_gpt_ds.py", "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
             "--seq-length", "32", "--max-position-embeddings", "32", "--micro-batch-size", "2",
             "--global-batch-size", "4", "--train-iters", str(ITERATIONS), "--lr", "3e-3", "--lr-warmup-iters", "1",
-            "--log-interval", "1", "--eval-iters", "0", "--num-workers", "0", "--seed", "1234",
+            "--log-interval", "1", "--eval-iters", "0", "--peak-tflops-per-device", "1", "--num-workers", "0", "--seed", "1234",
             "--data-path", corpus["prefix"], "--data-cache-path", corpus["cache"], "--split", "100,0,0",
             "--tokenizer-type", "NullTokenizer", "--vocab-size", str(VOCAB), "--output-dir", output_dir,
             "--metrics-file", os.path.join(output_dir, "metrics.jsonl"),
