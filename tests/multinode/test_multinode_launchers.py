@@ -181,3 +181,27 @@ def test_two_node_launch_matches_single_node(name, launch, layout, cluster, mult
     # The ranks really ran on both hosts, a TP pair on each (rank 0 prints the map at start).
     output = "".join(r.stdout for r in results)
     assert _host_map(output) in ({"node1": "0-1", "node2": "2-3"}, {"node2": "0-1", "node1": "2-3"}), output[-3000:]
+
+
+SRUN_TASK = """
+import socket, torch
+from megatron.core import comm
+comm.init_distributed()
+total = torch.tensor([float(comm.get_rank() + 1)])
+comm.all_reduce(total)
+print("task", comm.get_rank(), "of", comm.get_world_size(), "on", socket.gethostname(), "sum", total.item())
+comm.destroy_world()
+"""
+
+
+def test_srun_variables_join_one_world_across_nodes(cluster):
+    """srun gives each task SLURM_PROCID / SLURM_STEP_NUM_TASKS / SLURM_LOCALID / SLURM_STEP_NODELIST and no
+    RANK: comm.init_distributed must turn them into one world (master = the node list's first host). SLURM is
+    not installed here, so each node's task gets the variables srun would give it (one task per node)."""
+    port = _port()
+    commands = [(node, ["env", f"SLURM_PROCID={i}", "SLURM_STEP_NUM_TASKS=2", "SLURM_NTASKS=2", "SLURM_LOCALID=0",
+                        "SLURM_STEP_NODELIST=node[1-2]", f"MASTER_PORT={port}", sys.executable, "-c", SRUN_TASK])
+                for i, node in enumerate(cluster.names)]
+    results = _launch(cluster, "srun variables", commands)
+    lines = sorted(line for r in results for line in r.stdout.splitlines() if line.startswith("task"))
+    assert lines == ["task 0 of 2 on node1 sum 3.0", "task 1 of 2 on node2 sum 3.0"], lines
