@@ -37,6 +37,17 @@ def detect_launcher(environ: Mapping[str, str]) -> str:
     return "none"
 
 
+def world_size_variable(environ: Mapping[str, str]) -> str:
+    """The variable holding the number of processes before the world is joined (the configuration is checked
+    against it before any rank discovery runs): WORLD_SIZE, the MPI size, or srun's step size."""
+    launcher = detect_launcher(environ)
+    if launcher == "mpi":
+        return next(size for size in _MPI_SIZE_VARIABLES if size in environ)
+    if launcher == "slurm":
+        return "SLURM_STEP_NUM_TASKS"
+    return "WORLD_SIZE"
+
+
 def first_host(nodelist: str) -> str:
     """The first host of a SLURM hostlist: 'gpu[003-005,9],cpu1' -> 'gpu003', 'a1,a2' -> 'a1'."""
     depth, end = 0, len(nodelist)

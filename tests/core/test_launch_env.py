@@ -2,7 +2,7 @@
 
 import pytest
 
-from megatron.core.launch_env import detect_launcher, first_host, launch_variables, master_port
+from megatron.core.launch_env import detect_launcher, first_host, launch_variables, master_port, world_size_variable
 
 SRUN = {"SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8",
         "SLURM_STEP_NODELIST": "gpu[003-004]", "SLURM_JOB_NODELIST": "gpu[001-004]", "SLURM_JOB_ID": "77"}
@@ -53,3 +53,21 @@ def test_master_port_is_checked():
     assert master_port({}) == "29500" and master_port({"MASTER_PORT": "23456"}) == "23456"
     with pytest.raises(ValueError, match="MASTER_PORT"):
         master_port({"MASTER_PORT": "eth0"})
+
+
+def test_world_size_is_known_before_the_world_is_joined():
+    # the configuration is checked against the number of processes before rank discovery runs
+    from megatron.config import parse_config
+
+    flags = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "32",
+             "--max-position-embeddings", "32", "--micro-batch-size", "1", "--tensor-model-parallel-size", "2",
+             "--train-iters", "1", "--lr", "1e-3"]
+    assert world_size_variable({"OMPI_COMM_WORLD_SIZE": "4"}) == "OMPI_COMM_WORLD_SIZE"
+    assert world_size_variable({"PMI_SIZE": "4"}) == "PMI_SIZE"
+    assert world_size_variable(SRUN) == "SLURM_STEP_NUM_TASKS"
+    assert world_size_variable({"RANK": "0", "WORLD_SIZE": "4"}) == "WORLD_SIZE" == world_size_variable({})
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ("RANK", "WORLD_SIZE"):
+            patch.delenv(key, raising=False)
+        patch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+        assert parse_config(flags).parallel.world_size == 4
