@@ -5,7 +5,7 @@ from megatron.model.checkpoint_info import build_universal_checkpoint_info
 from megatron.model.embedding import Embedding
 from megatron.model.flops import model_flops_per_token
 from megatron.model.gpt_model import GPTModel
-from megatron.model.language_model_head import OutputLayer, per_token_loss
+from megatron.model.language_model_head import OutputLayer, per_token_loss, tied_head_logits
 from megatron.model.loss import masked_mean_loss
 from megatron.model.mlp import MLP
 from megatron.model.norms import LayerNorm, RMSNorm, build_norm

@@ -16,9 +16,10 @@ from megatron.core.tensor_parallel import (
     VocabParallelEmbedding,
     init_method_normal,
     mark_replicated,
+    new_parameter,
     scatter_to_sequence_parallel_region,
 )
-from megatron.model.config_checks import effective_sequence_parallel, padded_vocab_size
+from megatron.model.config_checks import effective_sequence_parallel, original_vocab_size, padded_vocab_size
 from megatron.model.dropout import tensor_parallel_dropout
 
 
@@ -28,14 +29,11 @@ def default_position_ids(batch_size: int, seq_length: int, device) -> torch.Tens
 
 
 class LearnedPositionEmbedding(nn.Module):
-    """A [max_positions, h] table, TP-replicated. Initialised inside its own __init__ so that ZeRO-3's
-    zero.Init, which partitions a module's parameters as soon as its __init__ returns, sees final values."""
+    """A [max_positions, h] table, TP-replicated."""
 
     def __init__(self, max_positions: int, hidden_size: int, *, init_method, params_dtype: torch.dtype):
         super().__init__()
-        weight = torch.empty(max_positions, hidden_size, dtype=torch.float32)
-        init_method(weight)
-        self.weight = nn.Parameter(weight.to(params_dtype))
+        self.weight = new_parameter((max_positions, hidden_size), init_method, params_dtype)
         mark_replicated(self.weight, sequence_parallel=False)
 
     def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
@@ -50,9 +48,9 @@ class Embedding(nn.Module):
         init_method = init_method_normal(config.init_method_std)
         self.sequence_parallel = effective_sequence_parallel(sequence_parallel)
         self.word_embeddings = VocabParallelEmbedding(padded_vocab_size(config), config.hidden_size,
-                                                      init_method=init_method, params_dtype=params_dtype)
+                                                      init_method=init_method, params_dtype=params_dtype,
+                                                      vocab_size=original_vocab_size(config))
         if config.position_embedding_type == "learned_absolute":
-            # Drawn from the default RNG right after the word embeddings, the same on every TP rank.
             self.position_embeddings = LearnedPositionEmbedding(config.max_position_embeddings, config.hidden_size,
                                                                 init_method=init_method, params_dtype=params_dtype)
         else:

@@ -11,8 +11,9 @@ Pieces (each usable alone, e.g. as pipeline stages):
                                         embedding.word_embeddings.weight)
 Hidden states are [s, b, h], or this TP rank's [s/tp, b, h] with sequence parallelism.
 
-Weights are drawn full-size from the default RNG in construction order and sliced per TP rank, and modules
-are created in the same order for every TP size: one seed gives the same model at every TP size.
+Every parameter's initial value depends only on ``init_seed``, its name in the whole model and its full shape
+(megatron/core/tensor_parallel/initialization.py), and the logits of vocabulary padding are -inf: one seed
+gives the same model, computing the same function, at every TP size, pipeline split and ZeRO stage.
 """
 
 from typing import Optional
@@ -20,7 +21,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from megatron.core.tensor_parallel import linear_with_sharded_weight
+from megatron.core.tensor_parallel import deferred_initialization, initialize_parameters
 from megatron.model.checkpoint_info import build_universal_checkpoint_info
 from megatron.model.config_checks import (
     effective_sequence_parallel,
@@ -29,7 +30,7 @@ from megatron.model.config_checks import (
     validate_model_config,
 )
 from megatron.model.embedding import Embedding
-from megatron.model.language_model_head import OutputLayer, per_token_loss
+from megatron.model.language_model_head import OutputLayer, per_token_loss, tied_head_logits
 from megatron.model.norms import build_norm
 from megatron.model.recompute import (
     checkpoint_replicated_inputs,
@@ -38,6 +39,9 @@ from megatron.model.recompute import (
 )
 from megatron.model.transformer_engine import check_transformer_engine_request
 from megatron.model.transformer_layer import TransformerLayer
+
+
+DEFAULT_INIT_SEED = 1234  # Megatron's --seed default
 
 
 class GPTModel(nn.Module):
@@ -55,6 +59,9 @@ class GPTModel(nn.Module):
             pipeline stage holds a subset, as in Megatron).
         num_layers: layers this model holds (a pipeline stage's share); default config.num_layers. Output
             projections are still initialised for config.num_layers in total.
+        layer_offset: global index of this model's first layer (a pipeline stage's), so that its layers get
+            the initial values of those layers of the whole model.
+        init_seed: the run's seed (--seed); with the parameter names it fixes every initial value.
 
     ``universal_checkpoint_info`` is a dict attribute, not a method: DeepSpeed 0.19's engine stores
     ``getattr(module, "universal_checkpoint_info")`` in every checkpoint it saves, and a bound method there
@@ -63,7 +70,8 @@ class GPTModel(nn.Module):
 
     def __init__(self, config, *, sequence_parallel: bool = False, recompute_granularity: Optional[str] = None,
                  partition_activations: bool = False, params_dtype: torch.dtype = torch.float32,
-                 pre_process: bool = True, post_process: bool = True, num_layers: Optional[int] = None):
+                 pre_process: bool = True, post_process: bool = True, num_layers: Optional[int] = None,
+                 layer_offset: int = 0, init_seed: int = DEFAULT_INIT_SEED):
         super().__init__()
         validate_model_config(config)
         check_transformer_engine_request(config)
@@ -83,20 +91,33 @@ class GPTModel(nn.Module):
         self.config = config
         self.pre_process, self.post_process = pre_process, post_process
         self.recompute_granularity = recompute_granularity
+        self.layer_offset = layer_offset
+        self.vocab_size = original_vocab_size(config)
+        with deferred_initialization():
+            self._build(config, params_dtype, config.num_layers if num_layers is None else num_layers)
+        initialize_parameters(self, init_seed, self.to_model_name)
+        self.universal_checkpoint_info = build_universal_checkpoint_info(self, self.vocab_size)
 
-        if pre_process:
+    def _build(self, config, params_dtype, num_layers):
+        if self.pre_process:
             self.embedding = Embedding(config, sequence_parallel=self.sequence_parallel, params_dtype=params_dtype)
         self.layers = nn.ModuleList(
             TransformerLayer(config, sequence_parallel=self.sequence_parallel,
-                             recompute_core_attention=recompute_granularity == "selective",
+                             recompute_core_attention=self.recompute_granularity == "selective",
                              params_dtype=params_dtype)
-            for _ in range(config.num_layers if num_layers is None else num_layers))
-        if post_process:
+            for _ in range(num_layers))
+        if self.post_process:
             self.final_norm = build_norm(config, sequence_parallel=self.sequence_parallel, params_dtype=params_dtype)
             if not self.tied_output:
                 self.output_layer = OutputLayer(config, sequence_parallel=self.sequence_parallel,
                                                 params_dtype=params_dtype)
-        self.universal_checkpoint_info = build_universal_checkpoint_info(self, original_vocab_size(config))
+
+    def to_model_name(self, name: str) -> str:
+        """This model's parameter name -> the whole model's (layers shift by ``layer_offset``)."""
+        if self.layer_offset and name.startswith("layers."):
+            index, rest = name[len("layers."):].split(".", 1)
+            return f"layers.{int(index) + self.layer_offset}.{rest}"
+        return name
 
     def forward(self, tokens: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
                 attention_mask: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None, *,
@@ -105,7 +126,8 @@ class GPTModel(nn.Module):
         position_ids [b, s] (default 0..s-1); attention_mask bool [b, 1, s, s], True = masked out (default
         causal); labels [b, s].
 
-        Returns the per-token loss [b, s] when labels are given, else vocab-sharded logits [b, s, V/tp];
+        Returns the per-token loss [b, s] when labels are given, else vocab-sharded logits [b, s, V/tp]
+        (padding ids at -inf);
         without post_process, the hidden states [s(/tp), b, h] for the next stage.
         """
         if self.pre_process:
@@ -129,8 +151,8 @@ class GPTModel(nn.Module):
             return hidden_states
         hidden_states = self.final_norm(hidden_states)
         if self.tied_output:
-            logits = linear_with_sharded_weight(hidden_states, self.embedding.word_embeddings.weight,
-                                                self.sequence_parallel)          # [s, b, V/tp]
+            logits = tied_head_logits(hidden_states, self.embedding.word_embeddings.weight,
+                                      self.sequence_parallel, self.vocab_size)    # [s, b, V/tp]
         else:
             logits = self.output_layer(hidden_states)                          # [s, b, V/tp]
         if labels is None:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megatron.core.tensor_parallel import mark_replicated
+from megatron.core.tensor_parallel import init_method_constant, mark_replicated, new_parameter
 from megatron.model.config_checks import NORMALIZATIONS
 
 
@@ -20,8 +20,8 @@ class LayerNorm(nn.Module):
                  params_dtype: torch.dtype = torch.float32):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(hidden_size, dtype=params_dtype))
-        self.bias = nn.Parameter(torch.zeros(hidden_size, dtype=params_dtype))
+        self.weight = new_parameter((hidden_size,), init_method_constant(1.0), params_dtype)
+        self.bias = new_parameter((hidden_size,), init_method_constant(0.0), params_dtype)
         mark_replicated(self.weight, sequence_parallel)
         mark_replicated(self.bias, sequence_parallel)
 
@@ -37,7 +37,7 @@ class RMSNorm(nn.Module):
                  params_dtype: torch.dtype = torch.float32):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(hidden_size, dtype=params_dtype))
+        self.weight = new_parameter((hidden_size,), init_method_constant(1.0), params_dtype)
         mark_replicated(self.weight, sequence_parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

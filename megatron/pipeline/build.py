@@ -41,7 +41,8 @@ def build_pipeline(config, initialize: Callable, construction_context=None):
         module = GPTPipelineModule(config.model, sequence_parallel=parallel.sequence_parallel,
                                    partition_method=parallel.pipeline_partition_method,
                                    activation_checkpoint_interval=1 if recompute.recompute_granularity == "full" else 0,
-                                   recompute_core_attention=recompute.recompute_granularity == "selective")
+                                   recompute_core_attention=recompute.recompute_granularity == "selective",
+                                   init_seed=config.training.seed)
         engine = initialize(module, None)  # DeepSpeed takes the mpu from the module's grid
         prepare_pipeline_engine(engine)
         return engine
@@ -52,7 +53,8 @@ def build_pipeline(config, initialize: Callable, construction_context=None):
     with construction_context or contextlib.nullcontext():
         chunks = build_stage_chunks(config.model, num_chunks=num_chunks, sequence_parallel=parallel.sequence_parallel,
                                     recompute_granularity=recompute.recompute_granularity,
-                                    partition_activations=recompute.partition_activations)
+                                    partition_activations=recompute.partition_activations,
+                                    init_seed=config.training.seed)
     return scheduled_pipeline(initialize(chunks, StageMPU()), config.model,
                               sequence_parallel=parallel.sequence_parallel)
 

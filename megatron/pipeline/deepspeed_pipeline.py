@@ -22,8 +22,10 @@ from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
 from megatron.core import parallel_state as ps
 from megatron.core.grad_norm import global_grad_norm
+from megatron.core.tensor_parallel import deferred_initialization, initialize_parameters
 from megatron.model import build_universal_checkpoint_info
 from megatron.model.config_checks import effective_sequence_parallel, original_vocab_size, validate_model_config
+from megatron.model.gpt_model import DEFAULT_INIT_SEED
 from megatron.pipeline.param_names import TIED_EMBEDDING_KEY, pipeline_module_to_model_name
 from megatron.pipeline.pipe_layers import (
     EmbeddingPipe,
@@ -73,11 +75,13 @@ class GPTPipelineModule(PipelineModule):
             of transformer layers), "uniform" (equal numbers of specs) or "parameters".
         activation_checkpoint_interval: recompute every this many transformer layers in backward (0: off).
         recompute_core_attention: selective recomputation of the attention core inside each layer.
+        init_seed: the run's seed; every stage's parameters get the values of GPTModel(config, init_seed=...).
     """
 
     def __init__(self, config, *, sequence_parallel: bool = False,
                  partition_method: str = DEFAULT_PARTITION_METHOD, activation_checkpoint_interval: int = 0,
-                 recompute_core_attention: bool = False, params_dtype: torch.dtype = torch.float32):
+                 recompute_core_attention: bool = False, params_dtype: torch.dtype = torch.float32,
+                 init_seed: int = DEFAULT_INIT_SEED):
         validate_model_config(config)
         stages = ps.get_pipeline_model_parallel_world_size()
         if config.num_layers % stages:
@@ -88,11 +92,14 @@ class GPTPipelineModule(PipelineModule):
             raise ValueError(f"activation_checkpoint_interval must be >= 0, got {activation_checkpoint_interval}")
         specs = gpt_layer_specs(config, sequence_parallel=effective_sequence_parallel(sequence_parallel),
                                 recompute_core_attention=recompute_core_attention, params_dtype=params_dtype)
-        super().__init__(layers=specs, topology=pipeline_topology(), loss_fn=pipe_loss,
-                         partition_method=partition_method,
-                         activation_checkpoint_interval=activation_checkpoint_interval,
-                         checkpointable_layers=[TransformerLayerPipe.__name__])
+        with deferred_initialization():
+            super().__init__(layers=specs, topology=pipeline_topology(), loss_fn=pipe_loss,
+                             partition_method=partition_method,
+                             activation_checkpoint_interval=activation_checkpoint_interval,
+                             checkpointable_layers=[TransformerLayerPipe.__name__])
         self.config = config
+        # This stage's layers (and both copies of the tied table) get the whole model's initial values.
+        initialize_parameters(self, init_seed, self.to_model_name)
         check_grid_matches_parallel_state(self._grid)
         # The same regex metadata as GPTModel's: patterns generalise layer indices, so they fit these names.
         self.universal_checkpoint_info = build_universal_checkpoint_info(self, original_vocab_size(config))

@@ -18,9 +18,10 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from megatron.core.tensor_parallel import VocabParallelEmbedding, init_method_normal, linear_with_sharded_weight
-from megatron.model import Embedding, OutputLayer, TransformerLayer, build_norm, masked_mean_loss, per_token_loss
-from megatron.model.config_checks import padded_vocab_size
+from megatron.core.tensor_parallel import VocabParallelEmbedding, init_method_normal
+from megatron.model import (Embedding, OutputLayer, TransformerLayer, build_norm, masked_mean_loss, per_token_loss,
+                            tied_head_logits)
+from megatron.model.config_checks import original_vocab_size, padded_vocab_size
 
 PipeActivations = Tuple[torch.Tensor, ...]
 
@@ -79,14 +80,16 @@ class TiedOutputEmbeddingPipe(nn.Module):
     def __init__(self, config, *, sequence_parallel: bool = False, params_dtype: torch.dtype = torch.float32):
         super().__init__()
         self.sequence_parallel = sequence_parallel
+        self.vocab_size = original_vocab_size(config)
         self.word_embeddings = VocabParallelEmbedding(padded_vocab_size(config), config.hidden_size,
                                                       init_method=init_method_normal(config.init_method_std),
-                                                      params_dtype=params_dtype)
+                                                      params_dtype=params_dtype, vocab_size=self.vocab_size)
 
 
 def tied_lm_head(module: TiedOutputEmbeddingPipe, hidden_states: torch.Tensor) -> torch.Tensor:
     """forward_fn of the tied head's TiedLayerSpec: logits [s, b, V/tp] from the shared [V/tp, h] table."""
-    return linear_with_sharded_weight(hidden_states, module.word_embeddings.weight, module.sequence_parallel)
+    return tied_head_logits(hidden_states, module.word_embeddings.weight, module.sequence_parallel,
+                            module.vocab_size)
 
 
 def pipe_loss(logits: torch.Tensor, labels_and_mask: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from megatron.core import parallel_state as ps
-from megatron.core.tensor_parallel import linear_with_sharded_weight
-from megatron.model import GPTModel, build_universal_checkpoint_info
+from megatron.model import GPTModel, build_universal_checkpoint_info, tied_head_logits
 from megatron.model.config_checks import effective_sequence_parallel, original_vocab_size, padded_vocab_size
-from megatron.pipeline.param_names import stage_chunks_to_model_name
+from megatron.model.gpt_model import DEFAULT_INIT_SEED
+from megatron.pipeline.param_names import first_layer_of_chunk, stage_chunks_to_model_name
 
 
 class TiedOutputLayerReplica(nn.Module):
@@ -38,12 +38,14 @@ class TiedOutputLayerReplica(nn.Module):
         from deepspeed.accelerator import get_accelerator
 
         self.sequence_parallel = sequence_parallel
+        self.vocab_size = original_vocab_size(config)
         self.master = torch.zeros(padded_vocab_size(config) // ps.get_tensor_model_parallel_world_size(),
                                   config.hidden_size, dtype=torch.float32,
                                   device=get_accelerator().current_device_name(), requires_grad=True)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return linear_with_sharded_weight(hidden_states, self.master.to(hidden_states.dtype), self.sequence_parallel)
+        return tied_head_logits(hidden_states, self.master.to(hidden_states.dtype), self.sequence_parallel,
+                                self.vocab_size)
 
 
 class ModelChunks(nn.Module):
@@ -84,8 +86,9 @@ def layers_per_chunk(num_layers: int, pipeline_size: int, num_chunks: int) -> in
 
 def build_stage_chunks(config, *, num_chunks: int = 1, sequence_parallel: bool = False,
                        recompute_granularity: Optional[str] = None, partition_activations: bool = False,
-                       params_dtype: torch.dtype = torch.float32) -> ModelChunks:
-    """This rank's chunks of GPTModel(config) for the current parallel_state pipeline layout."""
+                       params_dtype: torch.dtype = torch.float32, init_seed: int = DEFAULT_INIT_SEED) -> ModelChunks:
+    """This rank's chunks of GPTModel(config) for the current parallel_state pipeline layout; each chunk's
+    layers get the initial values of the same layers of GPTModel(config, init_seed=init_seed)."""
     pipeline_size, rank = ps.get_pipeline_model_parallel_world_size(), ps.get_pipeline_model_parallel_rank()
     if pipeline_size < 2:
         raise ValueError("pipeline stages need --pipeline-model-parallel-size >= 2; with 1, train GPTModel "
@@ -104,7 +107,8 @@ def build_stage_chunks(config, *, num_chunks: int = 1, sequence_parallel: bool =
         model = GPTModel(chunk_config, sequence_parallel=sequence_parallel,
                          recompute_granularity=recompute_granularity, partition_activations=partition_activations,
                          params_dtype=params_dtype, pre_process=pre_process, post_process=post_process,
-                         num_layers=per_chunk)
+                         num_layers=per_chunk, init_seed=init_seed,
+                         layer_offset=first_layer_of_chunk(chunk, rank, pipeline_size, per_chunk))
         if replica_head:
             model.output_layer = TiedOutputLayerReplica(
                 config, sequence_parallel=effective_sequence_parallel(sequence_parallel))

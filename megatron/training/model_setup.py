@@ -11,7 +11,8 @@ def build_model(config: RunConfig):
     """
     return GPTModel(config.model, sequence_parallel=config.parallel.sequence_parallel,
                     recompute_granularity=config.recompute.recompute_granularity,
-                    partition_activations=config.recompute.partition_activations)
+                    partition_activations=config.recompute.partition_activations,
+                    init_seed=config.training.seed)
 
 
 def flops_per_iteration(config: RunConfig, global_batch_size: int) -> float:

@@ -19,15 +19,15 @@ BATCH = 2
 
 
 def tiny_config(family: str, **overrides) -> ModelConfig:
-    """2 layers, hidden 32, seq 16, vocab 100 padded to 128 (a multiple of 8 * 4, so TP 1, 2 and 4 build the
-    same embedding table), no dropout unless overridden."""
+    """2 layers, hidden 32, seq 16, vocab 100 at the default padding (--make-vocab-size-divisible-by 128:
+    128 rows at TP=1, 256 at TP=2, 512 at TP=4; build_model pads for its TP size), no dropout unless
+    overridden."""
     fields = dict(FAMILY_PRESETS[family], model_family=family, num_layers=2, hidden_size=32, seq_length=SEQ,
-                  num_attention_heads=4 if family == "gpt" else 8, attention_dropout=0.0, hidden_dropout=0.0,
-                  make_vocab_size_divisible_by=8)
+                  num_attention_heads=4 if family == "gpt" else 8, attention_dropout=0.0, hidden_dropout=0.0)
     if family == "llama":
         fields["num_key_value_heads"] = 2
     fields.update(overrides)
-    return ModelConfig(**fields).with_vocab(VOCAB, tensor_model_parallel_size=4)
+    return ModelConfig(**fields).with_vocab(VOCAB)
 
 
 def make_batch(seed: int = 7, batch: int = BATCH, seq: int = SEQ) -> Dict[str, torch.Tensor]:
@@ -39,7 +39,10 @@ def make_batch(seed: int = 7, batch: int = BATCH, seq: int = SEQ) -> Dict[str, t
 
 
 def build_model(config, tp: int, seed: int = 1234, **model_kwargs):
-    """(Re)initialise the TP groups at ``tp`` and build GPTModel from ``seed``."""
+    """(Re)initialise the TP groups at ``tp`` and build GPTModel from ``seed``, its vocabulary padded as a
+    run at that TP size pads it."""
+    import dataclasses
+
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel import model_parallel_manual_seed
     from megatron.model import GPTModel
@@ -47,7 +50,9 @@ def build_model(config, tp: int, seed: int = 1234, **model_kwargs):
     ps.destroy_model_parallel()
     ps.initialize_model_parallel(tensor_model_parallel_size=tp)
     model_parallel_manual_seed(seed)
-    return GPTModel(config, **model_kwargs)
+    if config.vocab_size is not None:
+        config = dataclasses.replace(config, padded_vocab_size=None).with_vocab(config.vocab_size, tp)
+    return GPTModel(config, init_seed=seed, **model_kwargs)
 
 
 def loss_and_grads(model, batch, position_ids=None, attention_mask=None):
@@ -64,13 +69,21 @@ def loss_and_grads(model, batch, position_ids=None, attention_mask=None):
 
 
 def assert_close(actual, expected, what, atol=ATOL):
+    """Max abs error <= atol; equal infinities (the -inf logits of vocabulary padding) count as equal."""
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    error = (actual.float() - expected.float()).abs().max().item()
+    actual, expected = actual.float(), expected.float()
+    error = torch.where(actual == expected, 0.0, (actual - expected).abs()).max().item()
     assert error <= atol, f"{what}: max abs error {error:.3e} > {atol}"
 
 
 def shard_of(full: torch.Tensor, param, tp: int, rank: int) -> torch.Tensor:
-    """The part of a TP=1 tensor that ``param`` holds on TP rank ``rank``, from its declared sharding."""
+    """The part of a TP=1 tensor that ``param`` holds on TP rank ``rank``, from its declared sharding.
+
+    Vocabulary tables are padded per TP size; the extra padding rows of a larger TP size are zero.
+    """
+    if getattr(param, "sharding", None) == "vocab":
+        padded_rows = param.shape[0] * tp
+        full = torch.cat([full, full.new_zeros(padded_rows - full.shape[0], *full.shape[1:])])
     if getattr(param, "tensor_model_parallel", False):
         return full.chunk(tp, dim=param.partition_dim)[rank]
     return full

@@ -1,13 +1,20 @@
 """Megatron tensor-parallel primitives: mappings, parallel layers, vocab-parallel cross entropy, RNG."""
 
-from megatron.core.tensor_parallel.cross_entropy import vocab_parallel_cross_entropy
+from megatron.core.tensor_parallel.cross_entropy import mask_vocab_padding_, vocab_parallel_cross_entropy
+from megatron.core.tensor_parallel.initialization import (
+    declare_init,
+    deferred_initialization,
+    init_method_constant,
+    init_method_normal,
+    initialize_parameters,
+)
 from megatron.core.tensor_parallel.layers import (
     ColumnParallelLinear,
     RowParallelLinear,
     VocabParallelEmbedding,
-    init_method_normal,
     linear_with_sharded_weight,
     mark_replicated,
+    new_parameter,
     scaled_init_method_normal,
     set_tensor_model_parallel_attributes,
 )

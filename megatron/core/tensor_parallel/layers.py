@@ -1,8 +1,9 @@
 """Tensor-parallel layers: column-, row- and vocab-parallel, with Megatron-LM's semantics.
 
-Weights are created full-size from the default RNG and then sliced, so the same seed gives the same full
-weights for every TP size (a TP=2 model equals its TP=1 twin). Each sharded parameter declares its sharding
-once, in the attributes DeepSpeed and our checkpoint code read:
+Weights are created full-size and then sliced, so the same seed gives the same full weights for every TP size
+(a TP=2 model equals its TP=1 twin). Every parameter declares its initialisation where it is created
+(initialization.py: a model fills them by name, a layer built alone draws from the default RNG), and each
+sharded parameter declares its sharding once, in the attributes DeepSpeed and our checkpoint code read:
 
     tensor_model_parallel  True for sharded parameters (DeepSpeed's grad-norm accounting reads it)
     partition_dim          the dimension split across TP ranks (0: column / vocab, 1: row)
@@ -11,7 +12,7 @@ once, in the attributes DeepSpeed and our checkpoint code read:
 """
 
 import math
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -27,13 +28,15 @@ from megatron.core.tensor_parallel.mappings import (
     reduce_scatter_to_sequence_parallel_region,
     scatter_to_tensor_model_parallel_region,
 )
+from megatron.core.tensor_parallel.initialization import (
+    InitMethod,
+    InitSpec,
+    draws_at_construction,
+    init_method_constant,
+    init_method_normal,
+    initial_shard,
+)
 from megatron.core.tensor_parallel.utils import divide, vocab_range
-
-InitMethod = Callable[[torch.Tensor], torch.Tensor]
-
-
-def init_method_normal(std: float) -> InitMethod:
-    return lambda tensor: nn.init.normal_(tensor, mean=0.0, std=std)
 
 
 def scaled_init_method_normal(std: float, num_layers: int) -> InitMethod:
@@ -67,19 +70,32 @@ def mark_replicated(param: torch.Tensor, sequence_parallel: bool = False):
         param.register_hook(_sum_over_tensor_parallel_ranks)
 
 
-def _sharded_parameter(full_shape, partition_dim, init_method, dtype, sharding):
-    """Initialise the full weight on every rank (same RNG stream for any TP size) and keep this rank's slice."""
-    world, rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
-    master = torch.empty(full_shape, dtype=torch.float32)
-    init_method(master)
-    shard = torch.chunk(master, world, dim=partition_dim)[rank]
-    param = nn.Parameter(shard.to(dtype=dtype).contiguous())
+def new_parameter(full_shape, init_method: InitMethod, dtype: torch.dtype, partition_dim: Optional[int] = None,
+                  drawn_rows: Optional[int] = None) -> nn.Parameter:
+    """This TP rank's slice (along ``partition_dim``; all of it when None) of a ``full_shape`` parameter, with its
+    initialisation declared. Every parameter of the model is made here or declares its init itself."""
+    spec = InitSpec(init_method, tuple(full_shape), partition_dim, drawn_rows)
+    if draws_at_construction():
+        value = initial_shard(spec).to(dtype).contiguous()
+    else:  # a model builder fills it by name (initialize_parameters)
+        shape = list(full_shape)
+        if partition_dim is not None:
+            shape[partition_dim] = divide(shape[partition_dim], ps.get_tensor_model_parallel_world_size(),
+                                          "a tensor-parallel parameter dimension")
+        value = torch.empty(shape, dtype=dtype)
+    param = nn.Parameter(value)
+    param.init_spec = spec
+    return param
+
+
+def _sharded_parameter(full_shape, partition_dim, init_method, dtype, sharding, drawn_rows=None):
+    param = new_parameter(full_shape, init_method, dtype, partition_dim, drawn_rows)
     set_tensor_model_parallel_attributes(param, sharding, partition_dim)
     return param
 
 
 def _bias(size, dtype):
-    return nn.Parameter(torch.zeros(size, dtype=dtype))
+    return new_parameter((size,), init_method_constant(0.0), dtype)
 
 
 class ColumnParallelLinear(nn.Module):
@@ -107,7 +123,7 @@ class ColumnParallelLinear(nn.Module):
         # Weight layout is [out, in] as in nn.Linear, so partition_dim 0 splits the output columns of A.
         self.weight = _sharded_parameter((output_size, input_size), 0, init_method, params_dtype, "column")
         if bias:
-            self.bias = _bias(self.output_size_per_partition, params_dtype)
+            self.bias = new_parameter((output_size,), init_method_constant(0.0), params_dtype, partition_dim=0)
             set_tensor_model_parallel_attributes(self.bias, "column", 0)
         else:
             self.register_parameter("bias", None)
@@ -172,16 +188,19 @@ class VocabParallelEmbedding(nn.Module):
     """Embedding table split along the vocabulary: rank i owns rows [i*V/p, (i+1)*V/p).
 
     Each rank looks up the ids it owns (zeros elsewhere) and the partial results are summed over TP.
-    ``num_embeddings`` must already be padded to a multiple of the TP size (see ``pad_vocab_size``).
+    ``num_embeddings`` must already be padded to a multiple of the TP size (see ``pad_vocab_size``);
+    ``vocab_size`` (default: all of them) is the real vocabulary: only its rows are drawn, padding rows are zero.
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, *,
-                 init_method: InitMethod = init_method_normal(0.02), params_dtype: torch.dtype = torch.float32):
+                 init_method: InitMethod = init_method_normal(0.02), params_dtype: torch.dtype = torch.float32,
+                 vocab_size: Optional[int] = None):
         super().__init__()
         world, rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.vocab_start_index, self.vocab_end_index = vocab_range(num_embeddings, rank, world)
-        self.weight = _sharded_parameter((num_embeddings, embedding_dim), 0, init_method, params_dtype, "vocab")
+        self.weight = _sharded_parameter((num_embeddings, embedding_dim), 0, init_method, params_dtype, "vocab",
+                                         drawn_rows=vocab_size)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if ps.get_tensor_model_parallel_world_size() > 1:
