@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup_env.sh
 export DS_ACCELERATOR=cpu
+bash tools/setup_multinode.sh
 exec python3 -m pytest tests -q --durations=15 "$@"

@@ -21,6 +21,7 @@ from megatron.config.fields import CLI, field_map, flag_of
 from megatron.config.model import FAMILY_PRESETS
 from megatron.config.run_config import GROUPS, RunConfig
 from megatron.config.validate import validate
+from megatron.core.launch_env import world_size_variable
 
 # name -> dataclass field over all groups (field_map asserts the names are unique: each is also a flag).
 _FIELDS = {name: field for name, (_, field) in field_map(cls for _, cls in GROUPS).items()}
@@ -97,7 +98,8 @@ def _resolve(explicit: Dict[str, Any], spelling: Mapping[str, str],
 
 
 def _world_size(argument: Optional[int]) -> int:
-    world = argument if argument is not None else _env_int("WORLD_SIZE", 1)
+    # mpirun and srun give their own size variable; WORLD_SIZE is only set once the world is joined
+    world = argument if argument is not None else _env_int(world_size_variable(os.environ), 1)
     if world < 1:
         raise ConfigError(f"world size {world} must be >= 1")
     return world

@@ -14,6 +14,8 @@ import deepspeed.comm as ds_comm
 import torch
 import torch.distributed
 
+from megatron.core.launch_env import detect_launcher, launch_variables, master_port
+
 ReduceOp = torch.distributed.ReduceOp
 # deepspeed.comm's batch_isend_irecv accepts only its own P2POp (torch's is rejected); build them with
 # send_op / recv_op.
@@ -30,8 +32,9 @@ def default_backend():
 def init_distributed(backend=None, timeout_minutes=10.0):
     """Join (or create) the default process group and hand it to ``deepspeed.comm``.
 
-    Works under the ``deepspeed`` launcher, ``torchrun`` (env://) and ``mpirun`` (DeepSpeed's MPI discovery
-    fills RANK/WORLD_SIZE from mpi4py when they are missing). Single-process runs get a world of one.
+    Works under the ``deepspeed`` launcher, ``torchrun`` (env://), ``mpirun`` (DeepSpeed's MPI discovery
+    fills RANK/WORLD_SIZE/MASTER_ADDR from mpi4py) and SLURM's ``srun`` (SLURM_PROCID etc., see
+    :mod:`megatron.core.launch_env`). Single-process runs get a world of one.
 
     ``timeout_minutes`` (--distributed-timeout-minutes) bounds every collective of every group: torch gives
     groups made later by ``new_group`` (ours and DeepSpeed's) its module default, not the world's timeout, so
@@ -39,11 +42,16 @@ def init_distributed(backend=None, timeout_minutes=10.0):
     """
     timeout = datetime.timedelta(minutes=timeout_minutes)
     _set_default_group_timeout(timeout)
-    if not torch.distributed.is_initialized() and _single_process_launch():
-        for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"),
-                           ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")):
-            os.environ.setdefault(key, value)
-    deepspeed.init_distributed(dist_backend=backend or default_backend(), timeout=timeout)
+    launcher = detect_launcher(os.environ)
+    if not torch.distributed.is_initialized():
+        if launcher == "none" and "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:
+            for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"),
+                               ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")):
+                os.environ.setdefault(key, value)
+        os.environ.update(launch_variables(os.environ))
+    # distributed_port is what MPI discovery writes into MASTER_PORT: keep an exported one.
+    deepspeed.init_distributed(dist_backend=backend or default_backend(), timeout=timeout,
+                               distributed_port=int(master_port(os.environ)))
     _unlink_shm_allreduce_buffer()
 
 
@@ -83,12 +91,6 @@ def _unlink_shm_allreduce_buffer():
         os.unlink(path)
     except FileNotFoundError:
         pass  # the backend was not used (ranks on several nodes, or no shm op built)
-
-
-def _single_process_launch():
-    """True when no launcher (deepspeed, torchrun, mpirun, SLURM) set up a world for us."""
-    launcher_keys = ("RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS")
-    return not any(key in os.environ for key in launcher_keys)
 
 
 def is_initialized():

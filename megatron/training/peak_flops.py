@@ -23,7 +23,10 @@ _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "f
 
 def measure_cpu_gemm_tflops(size: int = 1024, seconds: float = 0.5, dtype: torch.dtype = torch.float32) -> float:
     """This machine's matmul rate in ``dtype`` with the current torch thread count."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    # A private generator: drawing from torch's global one would shift the run's dropout masks, so a run's
+    # losses would depend on whether the peak was measured or given.
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, dtype=dtype, generator=generator) for _ in range(2))
     torch.mm(a, b)  # warm-up: first call allocates and picks a kernel
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:

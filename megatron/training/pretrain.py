@@ -23,6 +23,7 @@ from megatron.training.peak_flops import device_peak_tflops
 from megatron.training.progress_log import ProgressLog, ThroughputModel
 from megatron.training.tensorboard_tags import MegatronDeepSpeedTags
 from megatron.training.run_guard import RunGuard
+from megatron.training.world_hosts import log_world_hosts
 
 
 def log_rank0(message: str):
@@ -43,6 +44,8 @@ def initialize_parallel(config: RunConfig, printer=log_rank0):
                                  virtual_pipeline_model_parallel_size=virtual,
                                  expert_model_parallel_size=parallel.expert_model_parallel_size)
     printer(f"> parallel layout: {ps.get_layout().describe()}")
+    if comm.get_world_size() > 1:
+        log_world_hosts(printer)
 
 
 def metrics_path(config: RunConfig) -> Optional[str]:
