@@ -53,8 +53,9 @@ model_parallel_cuda_manual_seed = model_parallel_manual_seed
 def set_random_seed(seed: int):
     """Seed python, numpy and torch for this rank's place in the grid.
 
-    Pipeline stages hold different layers, so each stage gets its own stream (seed + 100 * pp_rank, as in
-    Megatron); data-parallel replicas share it so that they initialise identical weights.
+    These streams drive dropout and data order only: initial weights come from (seed, parameter name) whatever
+    the layout (initialization.py). Pipeline stages hold different layers, so each stage gets its own dropout
+    stream (seed + 100 * pp_rank, as in Megatron).
     """
     stage_seed = seed + 100 * ps.get_pipeline_model_parallel_rank()
     random.seed(stage_seed)
