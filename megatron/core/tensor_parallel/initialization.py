@@ -85,7 +85,17 @@ def full_initial_value(spec: InitSpec, generator: Optional[torch.Generator] = No
     """The whole (unsharded) fp32 tensor ``spec`` describes."""
     full = torch.zeros(spec.full_shape, dtype=torch.float32)
     drawn = full if spec.drawn_rows is None else full[:spec.drawn_rows]
-    spec.method(drawn, generator=generator)
+    if generator is None:
+        spec.method(drawn)
+        return full
+    try:
+        spec.method(drawn, generator=generator)
+    except TypeError:
+        # A Megatron-style init_method(tensor) that draws from the default RNG: run it on a private copy of that
+        # RNG seeded from the parameter's generator, so it is just as layout-independent.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(generator.initial_seed())
+            spec.method(drawn)
     return full
 
 
