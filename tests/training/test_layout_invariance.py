@@ -12,6 +12,7 @@ import pytest
 
 from tests.training.corpus import write_synthetic_corpus
 from tests.training.test_parity import STEPS, train_losses
+from tests.training.test_parity import _values as parity_values
 
 PADDED_VOCAB = 599  # NullTokenizer ids 0..598 + EOD = 600 ids
 SEEDS = (1234, 7)
@@ -49,14 +50,9 @@ def corpus(tmp_path_factory):
 
 
 def _values(family, seed, corpus, **overrides):
-    values = dict(FAMILIES[family], seq_length=32, max_position_embeddings=32, micro_batch_size=2,
-                  global_batch_size=8, train_iters=STEPS, lr=1e-2, min_lr=1e-3, lr_warmup_iters=2,
-                  lr_decay_style="cosine", clip_grad=1.0, weight_decay=0.01, hidden_dropout=0.0,
-                  attention_dropout=0.0, seed=seed, log_interval=STEPS, eval_interval=STEPS, eval_iters=1,
-                  data_path=[corpus["prefix"]], data_cache_path=corpus["cache"], split="98,2,0",
-                  tokenizer_type="NullTokenizer", vocab_size=PADDED_VOCAB, num_workers=0)
-    values.update(overrides)
-    return values
+    """test_parity's run (same data, schedule, batch, fp32, no dropout) with these families, seed and vocabulary."""
+    return parity_values(family, corpus, **{**FAMILIES[family], "seed": seed, "vocab_size": PADDED_VOCAB,
+                                            "eval_interval": STEPS, **overrides})
 
 
 _BASELINES = {}
