@@ -151,7 +151,9 @@ def test_hugging_face_round_trip(family, tmp_path):
     assert exported.keys() == original.keys()
     for name, tensor in original.items():
         assert torch.equal(exported[name], tensor), f"{family}: HF -> ours -> HF changed {name}"
-    assert torch.equal(exported_logits, original_logits)
+    # The tensors are identical, but CPU GEMM kernels may pick a different code path for differently aligned
+    # buffers, so two loads of the same weights can differ in the last bit (seen once in CI): 1e-6, not ==.
+    torch.testing.assert_close(exported_logits, original_logits, rtol=0, atol=1e-6)
 
 
 def _reshard_and_save(hf_dir, save_dir, resharded_dir):
