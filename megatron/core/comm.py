@@ -135,6 +135,16 @@ def reduce_scatter_tensor(output, input_, group=None, op=ReduceOp.SUM, async_op=
     return ds_comm.reduce_scatter_tensor(output, input_, op=op, group=group, async_op=async_op)
 
 
+def all_to_all_single(output, input_, output_split_sizes=None, input_split_sizes=None, group=None,
+                      async_op=False):
+    """Scatters dim-0 chunks of ``input_`` to the ranks of ``group`` and gathers theirs into ``output``.
+
+    With split sizes (lists, one entry per rank) the chunks may differ in length, as expert dispatch needs;
+    without them every chunk is ``len(input_) / world``. gloo implements it on CPU, NCCL on GPUs.
+    """
+    return ds_comm.all_to_all_single(output, input_, output_split_sizes=output_split_sizes,
+                                     input_split_sizes=input_split_sizes, group=group, async_op=async_op)
+
 
 def broadcast(tensor, src, group=None):
     """``src`` is a global rank, as in torch.distributed."""
@@ -168,7 +178,6 @@ def batch_isend_irecv(p2p_ops):
     if not p2p_ops:
         return []
     return ds_comm.batch_isend_irecv(p2p_ops)
-
 
 
 def destroy_world():

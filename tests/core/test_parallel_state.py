@@ -168,3 +168,21 @@ def test_tensor_parallel_size_must_divide_layer_and_head_sizes():
     with pytest.raises(ValueError, match=r"number of attention heads 3 is not divisible by the "
                                          r"tensor-model-parallel size 2"):
         divide(3, 2, "number of attention heads")
+
+
+@distributed_test(world_size=2)
+def test_all_to_all_single_exchanges_uneven_chunks():
+    import torch
+
+    from megatron.core import comm
+
+    rank = comm.get_rank()
+    # rank r sends r+1 rows to rank 0 and 2-r rows to rank 1; each row holds (sender, receiver).
+    input_splits = [rank + 1, 2 - rank]
+    rows = [torch.tensor([[rank, peer]] * count, dtype=torch.float32) for peer, count in enumerate(input_splits)]
+    output_splits = [peer + 1 if rank == 0 else 2 - peer for peer in range(2)]
+    output = torch.empty(sum(output_splits), 2)
+    comm.all_to_all_single(output, torch.cat(rows), output_splits, input_splits)
+    expected = torch.cat([torch.tensor([[peer, rank]] * count, dtype=torch.float32)
+                          for peer, count in enumerate(output_splits)])
+    assert torch.equal(output, expected)
