@@ -22,6 +22,7 @@ def validate(config: "RunConfig") -> None:
         _check_fields(getattr(config, name))
     _check_parallel_layout(config)
     _check_model(config)
+    _check_moe(config)
     _check_pipeline(config)
     _check_memory(config)
     _check_training(config)
@@ -64,9 +65,6 @@ def _check_parallel_layout(config: "RunConfig") -> None:
         raise ConfigError(f"--expert-model-parallel-size {ep} does not divide the data-parallel size "
                           f"{p.data_parallel_size} (experts are carved out of data-parallel ranks); use a "
                           f"divisor of {p.data_parallel_size}")
-    if ep > 1 and config.zero.stage == 3:
-        raise ConfigError(f"--expert-model-parallel-size {ep} with ZeRO-3: DeepSpeed MoE refuses ZeRO stage 3; "
-                          f"use ZeRO-2 or lower")
     if p.sequence_parallel and tp == 1:
         # Megatron silently turns it off; an error tells the user the flag bought nothing.
         raise ConfigError("--sequence-parallel needs --tensor-model-parallel-size > 1 (it splits activations "
@@ -109,6 +107,58 @@ def _check_model(config: "RunConfig") -> None:
             m.padded_vocab_size < m.vocab_size or m.padded_vocab_size % tp):
         raise ConfigError(f"padded_vocab_size {m.padded_vocab_size} must be >= vocab_size {m.vocab_size} and "
                           f"divisible by TP {tp}; leave it unset to derive it")
+
+
+def _check_moe(config: "RunConfig") -> None:
+    moe, p = config.moe, config.parallel
+    ep, tp = p.expert_model_parallel_size, p.tensor_model_parallel_size
+    if not moe.enabled:
+        changed = [flag_of(f) for f in dataclasses.fields(moe)
+                   if f.name not in ("num_experts", "create_moe_param_group", "moe_eval_capacity_factor")
+                   and getattr(moe, f.name) != f.default]
+        if ep > 1:
+            changed.insert(0, f"--expert-model-parallel-size {ep}")
+        if changed:
+            raise ConfigError(f"{', '.join(changed)} configure Mixture-of-Experts layers, but --num-experts is not "
+                              f"set, so the model is dense and they would do nothing; add --num-experts N (or "
+                              f"--model-family mixtral), or drop them")
+        return
+    counts, layers = moe.num_experts, config.model.num_layers
+    moe_layers = len(range(0, layers, moe.moe_layer_freq))
+    if any(not isinstance(n, int) or n < 1 for n in counts):
+        raise ConfigError(f"--num-experts {' '.join(map(str, counts))}: every value must be a positive integer")
+    if len(counts) not in (1, moe_layers):
+        raise ConfigError(f"--num-experts got {len(counts)} values, but the model has {moe_layers} MoE layers "
+                          f"(--num-layers {layers}, --moe-layer-freq {moe.moe_layer_freq}); give one value, or "
+                          f"one per MoE layer")
+    if len(set(counts)) > 1:
+        raise ConfigError(f"--num-experts {' '.join(map(str, counts))}: different expert counts per layer are not "
+                          f"built here; give every MoE layer the same number of experts")
+    experts = counts[0]
+    if experts % ep:
+        raise ConfigError(f"--num-experts {experts} is not divisible by --expert-model-parallel-size {ep}; every "
+                          f"expert-parallel rank holds the same number of experts, so choose an EP that divides "
+                          f"{experts}")
+    if moe.moe_router_topk > experts:
+        raise ConfigError(f"--moe-router-topk {moe.moe_router_topk} exceeds --num-experts {experts}; a token "
+                          f"cannot go to more experts than exist: lower the top-k")
+    if moe.expert_tensor_parallel_size != 1:
+        raise ConfigError(f"--expert-tensor-parallel-size {moe.expert_tensor_parallel_size}: expert tensor "
+                          f"parallelism is not built; experts are replicated over the tensor-parallel ranks "
+                          f"(use 1, with --sequence-parallel when TP > 1)")
+    if tp > 1 and not p.sequence_parallel:
+        raise ConfigError(f"MoE layers with --tensor-model-parallel-size {tp} need --sequence-parallel: experts "
+                          f"are replicated over TP and each TP rank routes its own slice of the sequence")
+    if moe.moe_pad_expert_input_to_capacity and moe.moe_expert_capacity_factor is None:
+        raise ConfigError("--moe-pad-expert-input-to-capacity needs --moe-expert-capacity-factor (dropless "
+                          "routing has no capacity to pad to)")
+    if config.zero.stage == 3:
+        raise ConfigError("MoE layers (--num-experts) with ZeRO-3 are not supported yet: ZeRO-3 would partition "
+                          "each rank's own experts over the whole data-parallel group; use ZeRO-1 or ZeRO-2")
+    if p.pipeline_model_parallel_size > 1:
+        raise ConfigError(f"MoE layers (--num-experts) with --pipeline-model-parallel-size "
+                          f"{p.pipeline_model_parallel_size} are not supported yet (the pipeline stages do not "
+                          f"carry expert parameter groups and aux losses); use PP 1")
 
 
 def _check_pipeline(config: "RunConfig") -> None:
