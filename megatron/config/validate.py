@@ -113,7 +113,7 @@ def _check_moe(config: "RunConfig") -> None:
     moe, p = config.moe, config.parallel
     ep, tp = p.expert_model_parallel_size, p.tensor_model_parallel_size
     if not moe.enabled:
-        changed = [flag_of(f) for f in dataclasses.fields(moe)
+        changed = ["/".join((flag_of(f),) + f.metadata["aliases"]) for f in dataclasses.fields(moe)
                    if f.name not in ("num_experts", "create_moe_param_group", "moe_eval_capacity_factor")
                    and getattr(moe, f.name) != f.default]
         if ep > 1:

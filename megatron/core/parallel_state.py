@@ -260,6 +260,14 @@ def get_expert_model_parallel_rank() -> int:
     return _rank_in("expert")
 
 
+def get_expert_model_parallel_ranks() -> List[int]:
+    return list(_state().ranks["expert"])
+
+
+def get_expert_data_parallel_ranks() -> List[int]:
+    return list(_state().ranks["expert_data"])
+
+
 def get_expert_data_parallel_group():
     return _group("expert_data")
 
