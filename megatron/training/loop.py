@@ -18,6 +18,7 @@ from megatron.core import comm
 from megatron.core import parallel_state as ps
 from megatron.core.grad_norm import global_grad_norm
 from megatron.pipeline import is_pipeline, pipeline_evaluate, pipeline_train_step
+from megatron.model.moe import collect_aux_losses
 from megatron.training.progress_log import ProgressLog
 
 
@@ -30,7 +31,11 @@ def batch_loss(engine, batch: dict) -> torch.Tensor:
     if kept.item() == 0:
         raise ValueError("a micro-batch has an all-zero loss mask (every token is masked, e.g. by --eod-mask-loss "
                          "on documents shorter than 2 tokens); check the data or drop --eod-mask-loss")
-    return (per_token.float() * loss_mask).sum() / kept
+    loss = (per_token.float() * loss_mask).sum() / kept
+    aux = collect_aux_losses(engine.module)
+    # MoE load-balancing and z losses of this forward (zero outside training) join the loss here, so they
+    # reach the backward with the same 1/GAS scaling DeepSpeed gives the LM loss.
+    return loss if aux is None else loss + aux
 
 
 def _data_parallel_mean(value: float) -> float:
