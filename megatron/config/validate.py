@@ -152,6 +152,12 @@ def _check_moe(config: "RunConfig") -> None:
     if moe.moe_pad_expert_input_to_capacity and moe.moe_expert_capacity_factor is None:
         raise ConfigError("--moe-pad-expert-input-to-capacity needs --moe-expert-capacity-factor (dropless "
                           "routing has no capacity to pad to)")
+    if ep > 1 and config.zero.stage == 0 and config.training.clip_grad > 0:
+        # Measured: DeepSpeed's ZeRO-0 fp32 clipping computes the norm from per-rank expert norms averaged over
+        # ranks, so clipped runs drift from the single-rank run (7e-4 after 10 steps in tests/moe).
+        raise ConfigError(f"--expert-model-parallel-size {ep} with ZeRO-0 and --clip-grad "
+                          f"{config.training.clip_grad}: DeepSpeed's ZeRO-0 clipping miscounts expert gradients "
+                          f"across expert-parallel ranks; use ZeRO-1 or ZeRO-2, or --clip-grad 0")
     if config.zero.stage == 3:
         raise ConfigError("MoE layers (--num-experts) with ZeRO-3 are not supported yet: ZeRO-3 would partition "
                           "each rank's own experts over the whole data-parallel group; use ZeRO-1 or ZeRO-2")

@@ -17,7 +17,6 @@ FAMILIES = {"gpt": dict(MOE), "mixtral": dict(model_family="mixtral", num_expert
 LAYOUTS = {
     "ep2_zero1": (2, {"expert_model_parallel_size": 2}, {"zero_optimization": {"stage": 1}}),
     "ep2_zero2": (2, {"expert_model_parallel_size": 2}, {"zero_optimization": {"stage": 2}}),
-    "ep2_zero0": (2, {"expert_model_parallel_size": 2}, {"zero_optimization": {"stage": 0}}),
     "ep2_zero2_cpu_offload": (2, {"expert_model_parallel_size": 2},
                               {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}),
     "ep2_tp2_sequence_parallel": (4, {"expert_model_parallel_size": 2, "tensor_model_parallel_size": 2,
