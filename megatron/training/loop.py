@@ -19,6 +19,8 @@ from megatron.core import parallel_state as ps
 from megatron.core.grad_norm import global_grad_norm
 from megatron.pipeline import is_pipeline, pipeline_evaluate, pipeline_train_step
 from megatron.model.moe import collect_aux_losses
+from megatron.model.moe.moe_layer import moe_layers
+from megatron.training.moe_metrics import MoEMetrics
 from megatron.training.progress_log import ProgressLog
 
 
@@ -56,7 +58,7 @@ class TrainState:
 
 
 def train_step(engine, micro_batches: Iterator[dict], gradient_accumulation_steps: int,
-               explicit_boundaries: bool = False):
+               explicit_boundaries: bool = False, moe_metrics: Optional[MoEMetrics] = None):
     """Runs one global batch; returns (mean loss over DP and micro-batches, grad norm, skipped).
 
     explicit_boundaries: tell the engine which micro-batch ends the step, instead of letting it count
@@ -70,6 +72,8 @@ def train_step(engine, micro_batches: Iterator[dict], gradient_accumulation_step
         if explicit_boundaries:
             engine.set_gradient_accumulation_boundary(index == gradient_accumulation_steps - 1)
         loss = batch_loss(engine, next(micro_batches))
+        if moe_metrics is not None:
+            moe_metrics.add_micro_batch(engine.module)
         engine.backward(loss)
         if engine.is_gradient_accumulation_boundary() and zero_stage == 0 and not _mixed_precision(engine):
             # DeepSpeed clips an fp32 ZeRO-0 model without reporting the norm; measure the reduced grads.
@@ -168,6 +172,7 @@ def train(engine, *, state: TrainState, train_iters: int, gradient_accumulation_
     tokens_per_sample reach it (Megatron-DeepSpeed's --train-tokens)."""
     start_time = time.monotonic()
     guard = DivergenceGuard(max_skipped_steps, _has_dynamic_loss_scale(engine))
+    moe_metrics = MoEMetrics() if moe_layers(engine.module) and not is_pipeline(engine) else None
     while state.iteration < train_iters:
         if train_tokens is not None and state.consumed_train_samples * tokens_per_sample >= train_tokens:
             break
@@ -175,7 +180,8 @@ def train(engine, *, state: TrainState, train_iters: int, gradient_accumulation_
             global_batch_size = batch_size_at(state.consumed_train_samples)
             gradient_accumulation_steps = set_global_batch(engine, global_batch_size)
         loss, grad_norm, skipped = train_step(engine, train_batches, gradient_accumulation_steps,
-                                              explicit_boundaries=batch_size_at is not None)
+                                              explicit_boundaries=batch_size_at is not None,
+                                              moe_metrics=moe_metrics)
         state.iteration += 1
         state.consumed_train_samples += global_batch_size
         state.global_batch_size = global_batch_size
@@ -184,7 +190,8 @@ def train(engine, *, state: TrainState, train_iters: int, gradient_accumulation_
         # Only fp16 has a dynamic loss scale; DeepSpeed reports 1.0 otherwise, which would read as a value.
         loss_scale = engine._get_optimizer_loss_scale() if engine.fp16_enabled() else None
         progress.record_step(state.iteration, loss, engine.get_lr()[0], grad_norm, loss_scale, skipped,
-                             consumed_samples=state.consumed_train_samples, batch_size=global_batch_size)
+                             consumed_samples=state.consumed_train_samples, batch_size=global_batch_size,
+                             moe=moe_metrics.step_figures() if moe_metrics is not None else None)
 
         if eval_interval and valid_batches is not None and state.iteration % eval_interval == 0:
             progress.record_eval(state.iteration, evaluate(engine, valid_batches(),
