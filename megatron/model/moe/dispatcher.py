@@ -33,7 +33,7 @@ class AllToAllDispatcher:
     def __init__(self, num_experts: int, group, pad_to_capacity: bool):
         self.num_experts, self.group, self.pad_to_capacity = num_experts, group, pad_to_capacity
         self.world = comm.get_world_size(group) if group is not None else 1
-        self.sent_bytes = 0     # rows sent to other ranks by the last forward (for benchmarks)
+        self.sent_bytes = 0     # bytes sent to other ranks by the last forward, dispatch + combine (benchmarks)
 
     def __call__(self, hidden: torch.Tensor, routing: Routing, experts: LocalExperts,
                  capacity: Optional[int]) -> torch.Tensor:
@@ -49,7 +49,9 @@ class AllToAllDispatcher:
             received = exchange_counts(send, self.group)                              # [EP, local]
             input_splits, output_splits = send.sum(1).tolist(), received.sum(1).tolist()
             mine = comm.get_rank(self.group)
-            self.sent_bytes = (sum(input_splits) - input_splits[mine]) * hidden.shape[-1] * hidden.element_size()
+            # Rows leaving this rank: the dispatch, then the results returned to their owners (the combine).
+            off_rank = sum(input_splits) - input_splits[mine] + sum(output_splits) - output_splits[mine]
+            self.sent_bytes = off_rank * hidden.shape[-1] * hidden.element_size()
             arrived = all_to_all(rows, output_splits, input_splits, self.group)       # by source, then expert
             row_expert = torch.arange(local).repeat(self.world).repeat_interleave(received.reshape(-1))
             regroup = torch.argsort(row_expert, stable=True)
