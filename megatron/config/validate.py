@@ -158,11 +158,9 @@ def _check_moe(config: "RunConfig") -> None:
         raise ConfigError(f"--expert-model-parallel-size {ep} with ZeRO-0 and --clip-grad "
                           f"{config.training.clip_grad}: DeepSpeed's ZeRO-0 clipping miscounts expert gradients "
                           f"across expert-parallel ranks; use ZeRO-1 or ZeRO-2, or --clip-grad 0")
-    if config.checkpoint.save or config.checkpoint.load:
-        # DeepSpeed's engine writes MoE experts in its own per-expert files keyed on its own module names;
-        # ours (experts named by global id) are not in that scheme yet, so a save would lose experts.
-        raise ConfigError(f"MoE layers (--num-experts) with --save/--load: checkpoints of MoE models are not "
-                          f"supported yet (experts would not be stored); train without --save/--load")
+    if config.checkpoint.universal_checkpoint:
+        raise ConfigError("MoE layers (--num-experts) with --universal-checkpoint: resharding MoE checkpoints "
+                          "(across EP, TP, PP or ZeRO) is not supported yet; resume in the layout that saved")
     if config.zero.stage == 3:
         raise ConfigError("MoE layers (--num-experts) with ZeRO-3 are not supported yet: ZeRO-3 would partition "
                           "each rank's own experts over the whole data-parallel group; use ZeRO-1 or ZeRO-2")

@@ -36,8 +36,8 @@ BAD = {
               "supported yet"),
     "pipeline": (["--num-experts", "4", "--pipeline-model-parallel-size", "2"], 2,
                  "MoE layers (--num-experts) with --pipeline-model-parallel-size 2 are not supported yet"),
-    "save": (["--num-experts", "4", "--save", "/tmp/x"], 1, "checkpoints of MoE models are not supported yet"),
-    "load": (["--num-experts", "4", "--load", "/tmp/x"], 1, "checkpoints of MoE models are not supported yet"),
+    "universal_checkpoint": (["--num-experts", "4", "--load", "/tmp/x", "--universal-checkpoint"], 1,
+                             "resharding MoE checkpoints (across EP, TP, PP or ZeRO) is not supported yet"),
     "zero0_clipping_with_ep": (["--num-experts", "4", "--expert-model-parallel-size", "2", "--zero-stage", "0"], 2,
                                "DeepSpeed's ZeRO-0 clipping miscounts expert gradients"),
 }

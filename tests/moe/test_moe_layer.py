@@ -40,15 +40,18 @@ class SerialTwin(nn.Module):
         super().__init__()
         self.router = Router(model.hidden_size, moe, model.init_method_std, sequence_parallel=False,
                              params_dtype=torch.float32)
-        self.experts = LocalExperts(model, moe.moe_ffn_hidden_size or model.ffn_hidden_size, 0, moe.experts,
-                                    expert_parallel_size=1, sequence_parallel=False, dtype=torch.float32)
+        self.deepspeed_moe = nn.Module()  # the module path of MoELayer's experts
+        self.deepspeed_moe.experts = LocalExperts(model, moe.moe_ffn_hidden_size or model.ffn_hidden_size, 0,
+                                                  moe.experts, expert_parallel_size=1, sequence_parallel=False,
+                                                  dtype=torch.float32)
+        self.experts = self.deepspeed_moe.experts
 
     def forward(self, hidden):
         seq, batch, h = hidden.shape
         tokens = hidden.reshape(-1, h)
         routing = self.router(tokens, batch)
         output = torch.zeros_like(tokens)
-        for expert_id, expert in self.experts.experts.items():
+        for expert_id, expert in self.experts.deepspeed_experts.items():
             for slot in range(routing.experts.shape[1]):
                 chosen = (routing.experts[:, slot] == int(expert_id)) & routing.kept[:, slot]
                 index = chosen.nonzero().squeeze(-1)
@@ -95,6 +98,8 @@ def _compare(ep, experts=8, swiglu=True, dispatcher="alltoall", **moe_overrides)
         if ep > 1:
             comm.all_reduce(twin_grads[name], group=ps.get_expert_model_parallel_group())
     for name, param in layer.experts.named_parameters():
+        local = int(name.split(".")[1])  # deepspeed_experts.<local id>.<...>: the twin names global ids
+        name = name.replace(f"deepspeed_experts.{local}.", f"deepspeed_experts.{layer.experts.first + local}.", 1)
         torch.testing.assert_close(param.grad, twin_grads[name], rtol=0, atol=ATOL, msg=lambda m: f"{name}: {m}")
     assert len(list(layer.experts.parameters())) == len(twin_grads) // ep
     return int(layer.dropped_tokens.sum())

@@ -12,7 +12,9 @@ from tests.training.test_parity import STEPS, _values, assert_losses_close
 
 RTOL = 1e-4
 MOE = dict(num_experts=(4,), moe_router_topk=2, moe_aux_loss_coeff=0.01, moe_z_loss_coeff=0.001)
-FAMILIES = {"gpt": dict(MOE), "mixtral": dict(model_family="mixtral", num_experts=(4,), moe_aux_loss_coeff=0.01)}
+FAMILIES = {"gpt": dict(MOE), "mixtral": dict(model_family="mixtral", num_experts=(4,), moe_aux_loss_coeff=0.01),
+            # a shared expert every token passes (tensor-parallel like the dense MLP), next to the routed ones
+            "gpt_shared_expert": dict(MOE, moe_shared_expert_intermediate_size=64)}
 
 LAYOUTS = {
     "ep2_zero1": (2, {"expert_model_parallel_size": 2}, {"zero_optimization": {"stage": 1}}),
@@ -25,7 +27,7 @@ LAYOUTS = {
 
 
 def _moe_values(family, corpus, **overrides):
-    base = "llama" if family == "mixtral" else "gpt"
+    base = "llama" if family == "mixtral" else "gpt"  # _values' dense families
     values = _values(base, corpus, **FAMILIES[family])
     values.update(overrides)
     return values
@@ -59,7 +61,8 @@ def _baseline(family, corpus):
 
 # gpt runs every layout; mixtral (SwiGLU experts, RMSNorm, RoPE) two of them, to keep the suite short.
 CASES = [("gpt", layout) for layout in sorted(LAYOUTS)] + [("mixtral", "ep2_zero2"),
-                                                            ("mixtral", "ep2_tp2_sequence_parallel")]
+                                                            ("mixtral", "ep2_tp2_sequence_parallel"),
+                                                            ("gpt_shared_expert", "ep2_tp2_sequence_parallel")]
 
 
 @pytest.mark.parametrize("family,layout", CASES)

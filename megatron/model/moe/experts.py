@@ -1,8 +1,10 @@
 """This rank's experts: GELU or SwiGLU MLPs, each named by its GLOBAL expert id.
 
-``experts.<id>.linear_fc1.weight`` is the same name at every EP size, so the layout-independent initialisation
-(megatron/core/tensor_parallel/initialization.py) gives expert 5 the same values whichever rank holds it, and
-state dicts store experts by global id. SwiGLU's fc1 interleaves gate and up rows exactly as the dense MLP.
+Module paths follow DeepSpeed's MoE checkpoint scheme (``deepspeed_experts.<local id>``, which DeepSpeed's
+engine saves as one file per GLOBAL expert id and maps back on load, whatever the EP size), while every
+parameter's ``init_name`` rewrites its name to the global id for the layout-independent initialisation
+(megatron/core/tensor_parallel/initialization.py): expert 5 gets the same values whichever rank holds it.
+SwiGLU's fc1 interleaves gate and up rows exactly as the dense MLP.
 
 Expert parameters carry DeepSpeed's MoE marks (``allreduce=False``, ``group_name``): the engine reduces their
 gradients over the expert-data-parallel group instead of the whole data-parallel group.
@@ -56,6 +58,12 @@ class ExpertMLP(nn.Module):
         return self.linear_fc2(hidden)
 
 
+def _to_global(local: int, global_id: int):
+    def rename(name: str) -> str:
+        return name.replace(f"deepspeed_experts.{local}.", f"deepspeed_experts.{global_id}.")
+    return rename
+
+
 class LocalExperts(nn.Module):
     """Experts [first, first + count) of ``num_experts``; forward runs each on its contiguous chunk of rows."""
 
@@ -63,18 +71,20 @@ class LocalExperts(nn.Module):
                  sequence_parallel: bool, dtype: torch.dtype):
         super().__init__()
         self.first, self.count = first, count
-        self.experts = nn.ModuleDict({str(first + i): ExpertMLP(config, ffn_hidden_size, dtype)
-                                      for i in range(count)})
-        for param in self.experts.parameters():
-            # Replicated over TP; under sequence parallelism each TP rank sees its own tokens: sum the grads.
-            mark_replicated(param, sequence_parallel)
-            param.allreduce = False
-            param.group_name = expert_group_name(expert_parallel_size)
+        self.deepspeed_experts = nn.ModuleDict({str(i): ExpertMLP(config, ffn_hidden_size, dtype)
+                                                for i in range(count)})
+        for local, expert in self.deepspeed_experts.items():
+            for param in expert.parameters():
+                # Replicated over TP; under sequence parallelism each TP rank sees its own tokens: sum the grads.
+                mark_replicated(param, sequence_parallel)
+                param.allreduce = False
+                param.group_name = expert_group_name(expert_parallel_size)
+                param.init_name = _to_global(int(local), first + int(local))
 
     def forward(self, rows: torch.Tensor, counts: List[int], pad_to: Optional[int] = None) -> torch.Tensor:
         outputs = []
         for index, chunk in enumerate(torch.split(rows, counts)):
-            expert = self.experts[str(self.first + index)]
+            expert = self.deepspeed_experts[str(index)]
             if pad_to is not None and chunk.shape[0] < pad_to:
                 # Fixed-shape expert input (capacity padding); the padding rows' outputs are discarded.
                 padded = torch.cat([chunk, chunk.new_zeros(pad_to - chunk.shape[0], chunk.shape[1])])

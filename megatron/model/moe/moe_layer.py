@@ -37,12 +37,17 @@ class MoELayer(_DeepSpeedMoEMarker):
         self.router = Router(config.hidden_size, moe, config.init_method_std, sequence_parallel=self.sequence_parallel,
                              params_dtype=params_dtype)
         first = ps.get_expert_model_parallel_rank() * self.num_local_experts
-        self.experts = LocalExperts(config, ffn, first, self.num_local_experts, expert_parallel_size=self.ep_size,
-                                    sequence_parallel=self.sequence_parallel, dtype=params_dtype)
-        self.shared_expert = None
+        # DeepSpeed's module path (deepspeed_moe.experts.deepspeed_experts.<local id>): its engine checkpoints
+        # experts one file per global id by matching that path.
+        self.deepspeed_moe = nn.Module()
+        self.deepspeed_moe.experts = LocalExperts(config, ffn, first, self.num_local_experts,
+                                                  expert_parallel_size=self.ep_size,
+                                                  sequence_parallel=self.sequence_parallel, dtype=params_dtype)
+        # Not "shared_expert": DeepSpeed treats every key containing "expert" in an MoE module as a routed expert.
+        self.shared_mlp = None
         if moe.moe_shared_expert_intermediate_size:
             shared = dataclasses.replace(config, ffn_hidden_size=moe.moe_shared_expert_intermediate_size)
-            self.shared_expert = MLP(shared, sequence_parallel=self.sequence_parallel, params_dtype=params_dtype)
+            self.shared_mlp = MLP(shared, sequence_parallel=self.sequence_parallel, params_dtype=params_dtype)
         self.dispatcher = DISPATCHERS[moe.moe_token_dispatcher_type](
             self.num_experts, ps.get_expert_model_parallel_group() if self.ep_size > 1 else None,
             moe.moe_pad_expert_input_to_capacity)
@@ -50,6 +55,10 @@ class MoELayer(_DeepSpeedMoEMarker):
         self.z_loss: Optional[torch.Tensor] = None
         self.tokens_per_expert: Optional[torch.Tensor] = None   # [E] kept slots of this rank's tokens
         self.dropped_tokens: Optional[torch.Tensor] = None      # [E] dropped slots
+
+    @property
+    def experts(self) -> LocalExperts:
+        return self.deepspeed_moe.experts
 
     def set_deepspeed_parallelism(self, use_data_before_expert_parallel_: bool = False):
         """Called by DeepSpeed's engine: hand it our expert groups instead of creating new ones."""
@@ -73,8 +82,8 @@ class MoELayer(_DeepSpeedMoEMarker):
             self.dropped_tokens = slots - self.tokens_per_expert
         output = self.dispatcher(tokens, routing, self.experts, self.router.capacity(tokens.shape[0]))
         output = output.view(seq, batch, hidden)
-        if self.shared_expert is not None:
-            output = output + self.shared_expert(hidden_states)
+        if self.shared_mlp is not None:
+            output = output + self.shared_mlp(hidden_states)
         return output
 
 
