@@ -75,3 +75,51 @@ def test_greedy_equals_transformers_and_cache_equals_recompute(case, english_cor
         assert result["max_logit_error"] <= LOGIT_ATOL, \
             f"{case} at TP={world}: KV-cache logits differ from recomputation by {result['max_logit_error']:.2e}"
         assert any(len(tokens) == NEW_TOKENS for tokens in expected), "every prompt stopped early: weak test"
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_generate_text(args, timeout=300):
+    """tools/generate_text.py as a plain process; (return code, stdout, stderr)."""
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", MASTER_PORT=str(_free_port()))
+    done = subprocess.run([sys.executable, os.path.join(REPO, "tools", "generate_text.py"), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    return done.returncode, done.stdout, done.stderr
+
+
+def _tool_in_world(argv):
+    completions = load_tool("tools/generate_text.py").main(argv, printer=lambda line: None)
+    return [completion.as_dict() for completion in completions]
+
+
+def test_generate_text_cli_on_a_tp2_checkpoint(english_corpus, tmp_path_factory):
+    """A plain single process reshards the TP=2 checkpoint; --json gives prompt, text and the generated ids, and
+    equals the same command's result at TP=2 on 2 ranks. Sampling with a seed repeats itself; bad input is refused."""
+    save_dir, _ = trained_checkpoint("llama_gqa_tp2", english_corpus, tmp_path_factory)
+    args = ["--load", save_dir, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--max-new-tokens", "12", "--json"]
+    code, out, err = run_generate_text(args + ["--greedy"])
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [record["prompt"] for record in records] == PROMPTS[:2]
+    assert all(set(record) >= {"prompt", "text", "token_ids"} and record["token_ids"] for record in records)
+    at_tp2 = run_on_ranks(2, _tool_in_world, argv=args + ["--greedy"])[0]
+    assert [r["token_ids"] for r in at_tp2] == [r["token_ids"] for r in records]
+    assert [r["text"] for r in at_tp2] == [r["text"] for r in records]
+
+    sampled = ["--temperature", "1.5", "--top-k", "50", "--top-p", "0.9", "--seed", "7"]
+    first = run_on_ranks(1, _tool_in_world, argv=args + sampled)[0]
+    again = run_on_ranks(2, _tool_in_world, argv=args + sampled)[0]
+    assert [r["token_ids"] for r in first] == [r["token_ids"] for r in again], "same seed, other tokens"
+    assert [r["token_ids"] for r in first] != [r["token_ids"] for r in records], "T=1.5 sampling gave greedy tokens"
+
+    code, _, err = run_generate_text(["--load", save_dir, "--prompt", "x", "--max-new-tokens", "100"])
+    assert code != 0 and "exceeds the model's context of 64 positions" in err
+    code, _, err = run_generate_text(["--load", save_dir, "--prompt", "x", "--max-new-tokens", "3", "--greedy",
+                                      "--temperature", "0.5"])
+    assert code != 0 and "--greedy contradicts --temperature" in err
