@@ -14,6 +14,7 @@ def load_tool(relative_path):
     spec.loader.exec_module(module)
     return module
 
+
 MODELS = {
     "gpt": dict(model_family="gpt", num_layers=2, hidden_size=32, num_attention_heads=4),
     # 8 query heads share 2 KV heads: at TP=2 each rank holds 4 + 1.
@@ -21,6 +22,29 @@ MODELS = {
                   ffn_hidden_size=64),
 }
 ITERATIONS = 8
+
+CASES = {
+    # name: (family, flag overrides, DeepSpeed JSON, world sizes to generate at); trained on 2 ranks
+    "gpt_tp2": ("gpt", {"tensor_model_parallel_size": 2}, {"zero_optimization": {"stage": 1}}, (2, 1)),
+    "llama_gqa_tp2": ("llama", {"tensor_model_parallel_size": 2}, {"zero_optimization": {"stage": 1}}, (2, 1)),
+    "gpt_pp2": ("gpt", {"pipeline_model_parallel_size": 2}, {"zero_optimization": {"stage": 1}}, (1,)),
+}
+
+_CHECKPOINTS = {}
+
+
+def trained_checkpoint(case, corpus, tmp_path_factory):
+    """(save dir, validation losses by iteration) of one real 2-rank training run per case, made once per
+    pytest session (the generation and evaluation tests share them)."""
+    from tests.distributed import run_on_ranks
+
+    if case not in _CHECKPOINTS:
+        family, overrides, deepspeed_config, _ = CASES[case]
+        save_dir = str(tmp_path_factory.mktemp(f"ckpt-{case}"))
+        evals = run_on_ranks(2, train_and_save, values=run_values(family, corpus, save=save_dir, **overrides),
+                             deepspeed_config=deepspeed_config)[0]
+        _CHECKPOINTS[case] = (save_dir, evals)
+    return _CHECKPOINTS[case]
 
 
 def run_values(family, corpus, **overrides):
@@ -70,3 +94,16 @@ def generate_checks(load_dir, prompts, max_new_tokens):
     ps.destroy_model_parallel()
     return {"prompts_ids": prompts_ids, "batched": batched.token_ids, "alone": alone, "max_logit_error": worst,
             "vocab_size": model.vocab_size}
+
+
+def evaluate_only(values, deepspeed_config):
+    """pretrain() with --skip-train: (its recorded validation losses by iteration, the lines it printed)."""
+    from megatron.config import resolve_config
+    from megatron.core import comm
+    from megatron.training.pretrain import pretrain
+
+    printed = []
+    config = resolve_config(values, deepspeed_config=deepspeed_config, world_size=comm.get_world_size())
+    state = pretrain(config, printer=printed.append)
+    return ({record["iteration"]: record["eval_loss"] for record in state.history if "eval_loss" in record},
+            printed)

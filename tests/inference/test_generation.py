@@ -17,32 +17,11 @@ import pytest
 import torch
 
 from tests.distributed import run_on_ranks
-from tests.inference.runs import REPO, generate_checks, load_tool, run_values, train_and_save
+from tests.inference.runs import CASES, REPO, generate_checks, load_tool, trained_checkpoint
 
 NEW_TOKENS = 20
 LOGIT_ATOL = 1e-5
 PROMPTS = ["The for statement", "A class definition defines a class object, and", "If"]
-
-CASES = {
-    # name: (family, world size of training, flag overrides, DeepSpeed JSON, generation world sizes)
-    "gpt_tp2": ("gpt", {"tensor_model_parallel_size": 2}, {"zero_optimization": {"stage": 1}}, (2, 1)),
-    "llama_gqa_tp2": ("llama", {"tensor_model_parallel_size": 2}, {"zero_optimization": {"stage": 1}}, (2, 1)),
-    "gpt_pp2": ("gpt", {"pipeline_model_parallel_size": 2}, {"zero_optimization": {"stage": 1}}, (1,)),
-}
-
-_CHECKPOINTS = {}
-
-
-def trained_checkpoint(case, corpus, tmp_path_factory):
-    """(save dir, validation losses by iteration) of one real 2-rank training run per case, made once."""
-    if case not in _CHECKPOINTS:
-        family, overrides, deepspeed_config, _ = CASES[case]
-        save_dir = str(tmp_path_factory.mktemp(f"ckpt-{case}"))
-        evals = run_on_ranks(2, train_and_save, values=run_values(family, corpus, save=save_dir, **overrides),
-                             deepspeed_config=deepspeed_config)[0]
-        _CHECKPOINTS[case] = (save_dir, evals)
-    return _CHECKPOINTS[case]
-
 
 def transformers_greedy(hf_dir, prompts_ids, max_new_tokens):
     from transformers import AutoModelForCausalLM
