@@ -67,11 +67,12 @@ def check_request(model, prompts_ids: Sequence[Sequence[int]], max_new_tokens: i
 @torch.no_grad()
 def generate_ids(model, prompts_ids: Sequence[Sequence[int]], max_new_tokens: int,
                  params: SamplingParams = SamplingParams(), *, eod: Optional[int] = None,
-                 stop_check=None, keep_logits: bool = False, pad_id: int = 0) -> GeneratedIds:
+                 stop_check=None, keep_logits: bool = False, pad_id: int = 0, on_step=None) -> GeneratedIds:
     """Generate up to ``max_new_tokens`` after each prompt (token id lists) with the KV cache.
 
     ``eod``: stop a row when it emits this id. ``stop_check(row, generated_ids) -> bool``: stop a row (user
     stop strings). ``keep_logits``: return each step's [b, V] logits (tests compare them with recomputation).
+    ``on_step(result)``: called after every step with the result so far (streaming).
     """
     check_request(model, prompts_ids, max_new_tokens)
     batch, longest = len(prompts_ids), max(len(ids) for ids in prompts_ids)
@@ -111,6 +112,8 @@ def generate_ids(model, prompts_ids: Sequence[Sequence[int]], max_new_tokens: in
                 done[row], result.finish_reasons[row] = True, "eod"
             elif stop_check is not None and stop_check(row, result.token_ids[row]):
                 done[row], result.finish_reasons[row] = True, "stop"
+        if on_step is not None:
+            on_step(result)
         if bool(done.all()) or step == max_new_tokens - 1:
             break
         # Decode: one token per row at column L + step, seeing every valid key so far.

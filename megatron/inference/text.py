@@ -26,8 +26,11 @@ def _cut_at_stop(text: str, stop: Sequence[str]) -> Optional[int]:
 
 def generate_text(model, tokenizer, prompts: Sequence[str], max_new_tokens: int,
                   params: SamplingParams = SamplingParams(), *, stop: Sequence[str] = (),
-                  stop_at_eod: bool = True) -> List[Completion]:
-    """One Completion per prompt. Every rank of the TP group must call it with the same arguments."""
+                  stop_at_eod: bool = True, on_update=None) -> List[Completion]:
+    """One Completion per prompt. Every rank of the TP group must call it with the same arguments.
+
+    ``on_update(completions)``: called after every generated token with the completions so far (streaming).
+    """
     for index, prompt in enumerate(prompts):
         if not isinstance(prompt, str) or prompt == "":
             raise ValueError(f"prompt {index} is empty; give at least one character of text")
@@ -39,12 +42,16 @@ def generate_text(model, tokenizer, prompts: Sequence[str], max_new_tokens: int,
             return False
         return _cut_at_stop(tokenizer.detokenize([i for i in ids if i != tokenizer.eod]), stop) is not None
 
+    def completions_of(generated):
+        completions = []
+        for prompt, ids, reason in zip(prompts, generated.token_ids, generated.finish_reasons):
+            text_ids = ids[:-1] if reason == "eod" else ids
+            text = tokenizer.detokenize(text_ids) if text_ids else ""
+            cut = _cut_at_stop(text, stop) if stop else None
+            completions.append(Completion(prompt, text if cut is None else text[:cut], list(ids), reason))
+        return completions
+
+    on_step = (lambda generated: on_update(completions_of(generated))) if on_update is not None else None
     generated = generate_ids(model, prompts_ids, max_new_tokens, params, eod=eod, stop_check=stop_check,
-                             pad_id=tokenizer.pad)
-    completions = []
-    for prompt, ids, reason in zip(prompts, generated.token_ids, generated.finish_reasons):
-        text_ids = ids[:-1] if reason == "eod" else ids
-        text = tokenizer.detokenize(text_ids) if text_ids else ""
-        cut = _cut_at_stop(text, stop) if stop else None
-        completions.append(Completion(prompt, text if cut is None else text[:cut], list(ids), reason))
-    return completions
+                             pad_id=tokenizer.pad, on_step=on_step)
+    return completions_of(generated)
