@@ -28,6 +28,11 @@ CASES = {
     "gpt_tp2": ("gpt", {"tensor_model_parallel_size": 2}, {"zero_optimization": {"stage": 1}}, (2, 1)),
     "llama_gqa_tp2": ("llama", {"tensor_model_parallel_size": 2}, {"zero_optimization": {"stage": 1}}, (2, 1)),
     "gpt_pp2": ("gpt", {"pipeline_model_parallel_size": 2}, {"zero_optimization": {"stage": 1}}, (1,)),
+    # The other pipeline form (Megatron's 1F1B schedule, ZeRO-2), generated at TP=2 from a PP=2 checkpoint.
+    "llama_pp2_1f1b_zero2": ("llama", {"pipeline_model_parallel_size": 2, "pipeline_schedule": "1f1b"},
+                             {"zero_optimization": {"stage": 2}}, (2,)),
+    "gpt_tp2_sequence_parallel_zero3": ("gpt", {"tensor_model_parallel_size": 2, "sequence_parallel": True},
+                                        {"zero_optimization": {"stage": 3}}, (1,)),
 }
 
 _CHECKPOINTS = {}

@@ -1,11 +1,13 @@
 """Generation from real checkpoints of tiny training runs (SentencePiece vocabulary, default padding, fp32).
 
-For GPT-2 at TP=2, Llama with GQA at TP=2, and GPT-2 trained as a PP=2 pipeline:
+For GPT-2 at TP=2, Llama with GQA at TP=2, GPT-2 trained as a DeepSpeed PP=2 pipeline, Llama trained with
+Megatron's 1F1B PP=2 schedule under ZeRO-2, and GPT-2 at TP=2 with sequence parallelism under ZeRO-3:
 - greedy generation of 20 tokens equals, token for token, ``transformers``' greedy ``generate`` on the model
   exported with tools/checkpoint/convert_to_hf.py (generation stops at EOD on both sides);
 - the logits of every KV-cache step equal a full recomputation of the sequence so far within 1e-5;
 - a batch of prompts of different lengths (left-padded) gives each prompt's tokens alone.
-The TP=2 checkpoints are generated from at TP=2 on 2 ranks and as a single process (resharded).
+The TP=2 checkpoints are generated from at TP=2 on 2 ranks and as a single process (resharded); the others
+at the TP size in runs.CASES.
 """
 
 import json
