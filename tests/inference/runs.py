@@ -112,3 +112,30 @@ def evaluate_only(values, deepspeed_config):
     state = pretrain(config, printer=printed.append)
     return ({record["iteration"]: record["eval_loss"] for record in state.history if "eval_loss" in record},
             printed)
+
+
+def stop_and_dtype_checks(load_dir, prompt, max_new_tokens):
+    """Greedy text, the same cut by a stop string taken from its middle, and bf16 generation from the same
+    checkpoint (its ids, and its largest cache-vs-recompute logit difference)."""
+    from megatron.core import comm
+    from megatron.core import parallel_state as ps
+    from megatron.inference import (SamplingParams, generate_ids, generate_text, load_model_for_inference,
+                                    recomputed_logits)
+
+    ps.initialize_model_parallel(tensor_model_parallel_size=comm.get_world_size())
+    loaded = load_model_for_inference(load_dir)
+    full = generate_text(loaded.model, loaded.tokenizer, [prompt], max_new_tokens, stop_at_eod=False)[0]
+    stop = full.text[len(full.text) // 2:len(full.text) // 2 + 3]
+    cut = generate_text(loaded.model, loaded.tokenizer, [prompt], max_new_tokens, stop=[stop], stop_at_eod=False)[0]
+    sampled = generate_ids(loaded.model, [loaded.tokenizer.tokenize(prompt)], 64 - 10,
+                           SamplingParams(greedy=False, temperature=5.0, seed=1), pad_id=loaded.tokenizer.pad)
+    bf16 = load_model_for_inference(load_dir, "bf16")
+    ids = bf16.tokenizer.tokenize(prompt)
+    generated = generate_ids(bf16.model, [ids], max_new_tokens, keep_logits=True, pad_id=bf16.tokenizer.pad)
+    worst = max((generated.step_logits[step][0] - recomputed_logits(bf16.model, ids + generated.token_ids[0][:step]))
+                .abs().max().item() for step in range(len(generated.token_ids[0])))
+    ps.destroy_model_parallel()
+    return {"full": full.as_dict(), "stop": stop, "cut": cut.as_dict(), "sampled": sampled.token_ids[0],
+            "vocab_size": loaded.model.vocab_size, "padded_vocab_size": loaded.run_config.model.padded_vocab_size,
+            "bf16_ids": generated.token_ids[0], "bf16_dtype": str(next(bf16.model.parameters()).dtype),
+            "bf16_logit_error": worst}

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from tests.distributed import run_on_ranks
-from tests.inference.runs import CASES, REPO, generate_checks, load_tool, trained_checkpoint
+from tests.inference.runs import CASES, REPO, generate_checks, load_tool, stop_and_dtype_checks, trained_checkpoint
 
 NEW_TOKENS = 20
 LOGIT_ATOL = 1e-5
@@ -104,3 +104,18 @@ def test_generate_text_cli_on_a_tp2_checkpoint(english_corpus, tmp_path_factory)
     code, _, err = run_generate_text(["--load", save_dir, "--prompt", "x", "--max-new-tokens", "3", "--greedy",
                                       "--temperature", "0.5"])
     assert code != 0 and "--greedy contradicts --temperature" in err
+
+
+def test_stop_strings_sampling_range_and_bf16(english_corpus, tmp_path_factory):
+    """A stop string ends the text before it; hot sampling (T=5) never yields a padding id; bf16 generation
+    runs with its cache equal to recomputation within bf16 rounding (5e-2)."""
+    save_dir, _ = trained_checkpoint("gpt_tp2", english_corpus, tmp_path_factory)
+    result = run_on_ranks(2, stop_and_dtype_checks, load_dir=save_dir, prompt=PROMPTS[0], max_new_tokens=16)[0]
+    full, cut, stop = result["full"], result["cut"], result["stop"]
+    assert len(stop) == 3 and cut["finish_reason"] == "stop"
+    assert cut["text"] == full["text"][:full["text"].index(stop)], (cut, full, stop)
+    assert full["token_ids"][:len(cut["token_ids"])] == cut["token_ids"]
+    assert result["padded_vocab_size"] > result["vocab_size"]          # there are padding rows to avoid
+    assert len(result["sampled"]) == 54 and max(result["sampled"]) < result["vocab_size"]
+    assert result["bf16_dtype"] == "torch.bfloat16" and len(result["bf16_ids"]) == 16
+    assert result["bf16_logit_error"] <= 5e-2, result["bf16_logit_error"]
