@@ -50,26 +50,15 @@ def sampling_params(args):
                           seed=1234 if args.seed is None else args.seed)
 
 
-def setup_inference_world():
-    """Join the launched world (a world of one without a launcher); every rank is a TP rank."""
-    from megatron.core import comm
-    from megatron.core import parallel_state as ps
-
-    owns_world = not comm.is_initialized()
-    if owns_world:
-        comm.init_distributed()
-    ps.initialize_model_parallel(tensor_model_parallel_size=comm.get_world_size())
-    return owns_world
-
-
 def main(argv=None, printer=print):
     args = parse_args(argv)
     params = sampling_params(args)
     from megatron.core import comm
     from megatron.core import parallel_state as ps
     from megatron.inference import generate_text, load_model_for_inference
+    from megatron.inference.world import init_inference_world
 
-    owns_world = setup_inference_world()
+    owns_world = init_inference_world()
     try:
         loaded = load_model_for_inference(args.load, args.dtype)
         completions = generate_text(loaded.model, loaded.tokenizer, args.prompt, args.max_new_tokens, params,

@@ -40,9 +40,9 @@ def main(argv=None):
     from megatron.core import parallel_state as ps
     from megatron.inference import load_model_for_inference
     from megatron.inference.server import CompletionService, build_app, follow
+    from megatron.inference.world import init_inference_world
 
-    comm.init_distributed(timeout_minutes=IDLE_TIMEOUT_MINUTES)
-    ps.initialize_model_parallel(tensor_model_parallel_size=comm.get_world_size())
+    init_inference_world(timeout_minutes=IDLE_TIMEOUT_MINUTES)
     loaded = load_model_for_inference(args.load, args.dtype)
     try:
         if comm.get_rank() != 0:
