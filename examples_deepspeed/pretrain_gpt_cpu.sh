@@ -26,8 +26,9 @@ deepspeed --num_gpus 2 --master_port "${MASTER_PORT:-29512}" pretrain_gpt_ds.py 
   --deepspeed --deepspeed_config deepspeed_configs/zero1.json "$@"
 
 PROMPTS=(--prompt "The for statement" --prompt "A class definition" --prompt "To open a file,")
+# --json shows each sample on one line (newlines escaped) with its token ids.
 echo "> samples from the trained model (greedy):"
-python tools/generate_text.py --load "$RUN_DIR/checkpoints" "${PROMPTS[@]}" --max-new-tokens 40 --greedy
+python tools/generate_text.py --load "$RUN_DIR/checkpoints" "${PROMPTS[@]}" --max-new-tokens 40 --greedy --json
 echo "> samples from the trained model (temperature 0.8, top-p 0.95, seed 7):"
 python tools/generate_text.py --load "$RUN_DIR/checkpoints" "${PROMPTS[@]}" --max-new-tokens 40 \
-  --temperature 0.8 --top-p 0.95 --seed 7
+  --temperature 0.8 --top-p 0.95 --seed 7 --json

@@ -40,13 +40,23 @@ def generate_text(model, tokenizer, prompts: Sequence[str], max_new_tokens: int,
     def stop_check(row, ids):
         if not stop:
             return False
-        return _cut_at_stop(tokenizer.detokenize([i for i in ids if i != tokenizer.eod]), stop) is not None
+        return _cut_at_stop(continuation(row, [i for i in ids if i != tokenizer.eod]), stop) is not None
+
+    prompt_texts = [tokenizer.detokenize(ids) for ids in prompts_ids]
+
+    def continuation(row, text_ids):
+        # Decoded after its prompt: SentencePiece drops the space of a first piece ("▁word") when decoding
+        # it alone, which would glue the continuation to the prompt.
+        whole = tokenizer.detokenize(list(prompts_ids[row]) + list(text_ids))
+        if whole.startswith(prompt_texts[row]):
+            return whole[len(prompt_texts[row]):]
+        return tokenizer.detokenize(text_ids)
 
     def completions_of(generated):
         completions = []
-        for prompt, ids, reason in zip(prompts, generated.token_ids, generated.finish_reasons):
+        for row, (prompt, ids, reason) in enumerate(zip(prompts, generated.token_ids, generated.finish_reasons)):
             text_ids = ids[:-1] if reason == "eod" else ids
-            text = tokenizer.detokenize(text_ids) if text_ids else ""
+            text = continuation(row, text_ids) if text_ids else ""
             cut = _cut_at_stop(text, stop) if stop else None
             completions.append(Completion(prompt, text if cut is None else text[:cut], list(ids), reason))
         return completions
