@@ -44,7 +44,7 @@ _SDPA_HAS_ENABLE_GQA = tuple(int(part) for part in torch.__version__.split(".")[
 
 
 def core_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                   attention_mask: Optional[torch.Tensor], dropout_p: float) -> torch.Tensor:
+                   attention_mask: Optional[torch.Tensor], dropout_p: float, causal: bool = True) -> torch.Tensor:
     """softmax(q k^T / sqrt(hn) + mask) v with dropout on the probabilities.
 
     query [b, nq, s, hn], key/value [b, nkv, s, hn] with nq a multiple of nkv -> context [b, nq, s, hn].
@@ -60,7 +60,7 @@ def core_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
             key = key.repeat_interleave(repeats, dim=1)      # [b, nkv, s, hn] -> [b, nq, s, hn]
             value = value.repeat_interleave(repeats, dim=1)
     if attention_mask is None:
-        mask_args = {"is_causal": True}
+        mask_args = {"is_causal": causal}
     else:
         mask_args = {"attn_mask": ~attention_mask}  # SDPA's bool mask is True where attention is *allowed*
     if dropout_p > 0.0:
@@ -133,9 +133,11 @@ class SelfAttention(nn.Module):
         query, key, value = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         if kv_cache is not None:
             # SDPA's causal flag aligns the top-left corner, wrong once keys outnumber queries: the caller's
-            # mask says which cached keys each new token sees.
-            if attention_mask is None:
-                raise ValueError("attention with a KV cache needs an explicit attention_mask [b, 1, s, past + s]")
+            # mask says which cached keys the new tokens see. Without one, a single new token per row sees
+            # every cached key (no causal flag then).
+            if attention_mask is None and s != 1:
+                raise ValueError("attention with a KV cache over several new tokens needs an explicit "
+                                 "attention_mask [b, 1, s, past + s]")
             key, value = kv_cache.append(key, value)          # [b, ng/tp, past + s, hn] each
         if attention_mask is not None:
             check_attention_mask(attention_mask, s, key.size(2))
@@ -144,7 +146,7 @@ class SelfAttention(nn.Module):
             # Selective recomputation: keep q/k/v, drop the [b, np, s, s] probabilities and recompute them.
             context = checkpoint_sharded_inputs(core_attention, query, key, value, attention_mask, dropout_p)
         else:
-            context = core_attention(query, key, value, attention_mask, dropout_p)
+            context = core_attention(query, key, value, attention_mask, dropout_p, causal=kv_cache is None)
         # [b, np/tp, s, hn] -> [s, b, np/tp * hn]
         context = context.permute(2, 0, 1, 3).reshape(s, b, self.num_heads_per_rank * hn)
         return self.linear_proj(context)
