@@ -98,8 +98,9 @@ def load_model_for_inference(load_dir: str, dtype: str = "fp32") -> LoadedModel:
     model = GPTModel(model_config, params_dtype=DTYPES[dtype])
     expected = {name for name, _ in model.named_parameters()}
     if set(weights) != expected:
-        raise CheckpointError(f"checkpoint {folder} does not hold this model's parameters: missing "
-                              f"{sorted(expected - set(weights))[:5]}, unexpected {sorted(set(weights) - expected)[:5]}")
+        missing, unexpected = sorted(expected - set(weights))[:5], sorted(set(weights) - expected)[:5]
+        raise CheckpointError(f"checkpoint {folder} does not hold this model's parameters: missing {missing}, "
+                              f"unexpected {unexpected}")
     with torch.no_grad():
         for name, param in model.named_parameters():
             param.copy_(tensor_parallel_slice(weights[name], param, name, folder).to(param.dtype))
