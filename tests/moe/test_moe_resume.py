@@ -36,6 +36,17 @@ def _pretrain(values, deepspeed_config):
     return state.iteration, state.losses
 
 
+def _generation_error(folder):
+    from megatron.checkpointing.safe_load import CheckpointError
+    from megatron.core import parallel_state as ps
+    from megatron.inference.load_model import load_model_for_inference
+
+    ps.initialize_model_parallel(1)
+    with pytest.raises(CheckpointError) as error:
+        load_model_for_inference(folder)
+    return str(error.value)
+
+
 @pytest.mark.parametrize("zero", [1, 2])
 def test_expert_parallel_save_and_load_resume_exactly(zero, synthetic_corpus, tmp_path):
     deepspeed_config = {"zero_optimization": {"stage": zero}}
@@ -46,6 +57,9 @@ def test_expert_parallel_save_and_load_resume_exactly(zero, synthetic_corpus, tm
     assert first == (3, uninterrupted[1][:3])
     expert_files = sorted(os.path.basename(path) for path in glob.glob(os.path.join(save_dir, "*", "*expert*")))
     assert len(expert_files) == 2 * 4, expert_files  # 2 MoE layers x 4 experts, one file per global id
+    if zero == 1:
+        message = run_on_ranks(1, _generation_error, folder=save_dir)[0]
+        assert "generation from MoE checkpoints is not supported yet" in message
     resumed = run_on_ranks(2, _pretrain, values=_values(synthetic_corpus, load=save_dir),
                            deepspeed_config=deepspeed_config)[0]
     assert resumed == (6, uninterrupted[1][3:]), (resumed, uninterrupted)
