@@ -65,7 +65,8 @@ def safe_torch_load(path, map_location="cpu", mmap=None):
 
 def _refused_global(message: str) -> str:
     """The global torch refused (e.g. `builtins.exec`), without torch's advice to allowlist it."""
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message) or \
+        re.search(r"unsupported GLOBAL ([\w.]+)", message)
     if found:
         return f"it needs `{found.group(1)}`"
     found = re.search(r"WeightsUnpickler error: ([^\n]+)", message)

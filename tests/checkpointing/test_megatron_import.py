@@ -9,11 +9,13 @@ guess must move the logits far beyond that; a file that would run code is refuse
 from an import and resumes exactly.
 """
 
+import argparse
 import os
 
 import pytest
 import torch
 
+from megatron.checkpointing.safe_load import MegatronEnumStandIn, safe_megatron_load
 from tests.checkpointing import megatron_files
 from tests.checkpointing.test_hf_conversion import _hf_config, _our_engine, tool
 from tests.distributed import run_on_ranks
@@ -180,11 +182,12 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, tokenizer_files):
     source, marker = str(tmp_path / "megatron"), str(tmp_path / "pwned")
     write_source("megds_module_llama_fpdt_blocked_qkv_tp2_fp16", source, tokenizer_files)
     path = os.path.join(source, "global_step10", "mp_rank_00_model_states.pt")
-    state = torch.load(path, weights_only=False)
-    state["args"].exploit = _RunsCode(marker)
+    state = safe_megatron_load(path)
+    plain = {key: value for key, value in vars(state["args"]).items() if not isinstance(value, MegatronEnumStandIn)}
+    state["args"] = argparse.Namespace(**plain, exploit=_RunsCode(marker))
     torch.save(state, path)
     message = run_on_ranks(1, _convert_error, source=source, save=str(tmp_path / "imported"))[0]
-    assert message is not None and "refusing to load" in message and "os.mkdir" in message, message
+    assert message is not None and "refusing to load" in message and "mkdir" in message, message
     assert not os.path.exists(marker)
 
 
@@ -206,6 +209,7 @@ def train_after_import(source, save, resumed_dir, vocab):
     from megatron.checkpointing.consolidate import resolve_checkpoint_folder
     from megatron.checkpointing.hf.export import stored_run_config
     from megatron.checkpointing.manifest import read_manifest
+    from megatron.core import parallel_state as ps
 
     tool("convert_from_megatron").main(["--load", source, "--save", save])
     run_config = stored_run_config(read_manifest(resolve_checkpoint_folder(save)), save)
@@ -215,17 +219,21 @@ def train_after_import(source, save, resumed_dir, vocab):
         engine = _our_engine(run_config, tp=1, zero=1)
         return engine, load_checkpoint(engine, load_dir, finetune=finetune, log=lambda _: None)
 
+    def close(engine):
+        engine.destroy()
+        ps.destroy_model_parallel()
+
     engine, _ = fresh(save, True)
     uninterrupted = _train(engine, vocab, 3)
-    engine.destroy()
+    close(engine)
     engine, _ = fresh(save, True)
     first = _train(engine, vocab, 2)
     save_checkpoint(engine, resumed_dir, iteration=2, consumed_train_samples=2, config=run_config)
-    engine.destroy()
+    close(engine)
     engine, resumed = fresh(resumed_dir, False)
     assert resumed.iteration == 2
     last = _train(engine, vocab, 1)
-    engine.destroy()
+    close(engine)
     return uninterrupted, first + last
 
 
