@@ -188,12 +188,12 @@ def megatron_safe_globals():
     return DEEPSPEED_SAFE_GLOBALS + [argparse.Namespace] + _megatron_enum_stand_ins() + _numpy_globals()
 
 
-def safe_megatron_load(path, map_location="cpu"):
+def safe_megatron_load(path, map_location="cpu", mmap=None):
     """A Megatron-DeepSpeed / Megatron-LM ``.pt`` file, weights-only, with exactly the classes their writers
     pickle allowed (the Namespace of arguments, Megatron enums as stand-ins, numpy random states)."""
     try:
         with torch.serialization.safe_globals(megatron_safe_globals()):
-            return _original_torch_load(path, map_location=map_location, weights_only=True)
+            return _original_torch_load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         raise UnsafeCheckpointError(
             f"refusing to load {path}: it holds objects that only arbitrary code could rebuild "

@@ -244,3 +244,48 @@ def test_training_continues_from_an_import_and_resumes(tmp_path, tokenizer_files
                                           resumed_dir=str(tmp_path / "resumed"), vocab=vocab)[0]
     assert uninterrupted[2] < uninterrupted[0], f"training from the import did not lower the loss: {uninterrupted}"
     assert resumed == pytest.approx(uninterrupted, abs=1e-6), (resumed, uninterrupted)
+
+
+def direct_load_logits(source, vocab, family, finetune, num_layers=None):
+    """Rank side (two ranks, TP=2): --load the Megatron folder itself into a fresh engine."""
+    from megatron.checkpointing import load_checkpoint
+    from megatron.checkpointing.hf.import_hf import hf_run_config
+    from megatron.checkpointing.safe_load import CheckpointError
+
+    config = _hf_config(family)
+    config.vocab_size = vocab
+    if num_layers:
+        config.num_hidden_layers = config.n_layer = num_layers
+    engine = _our_engine(hf_run_config(config.to_dict(), 64), tp=2, zero=1)
+    try:
+        resumed = load_checkpoint(engine, source, finetune=finetune, log=lambda _: None)
+    except CheckpointError as error:
+        engine.destroy()
+        return str(error)
+    assert resumed.iteration == 0
+    engine.eval()
+    from megatron.core import parallel_state as ps
+
+    with torch.no_grad():
+        logits = engine(_tokens(vocab))
+    pieces = [torch.empty_like(logits) for _ in range(2)]
+    torch.distributed.all_gather(pieces, logits.contiguous(), group=ps.get_tensor_model_parallel_group())
+    engine.destroy()
+    return torch.cat(pieces, dim=-1)[..., :vocab]
+
+
+def test_load_takes_a_megatron_deepspeed_folder_directly(tmp_path, tokenizer_files):
+    """--load <Meg-DS run> --finetune at TP=2: converted once next to it, logits equal the source model's;
+    without --finetune, or with another model's flags, a clear refusal."""
+    source = str(tmp_path / "megatron")
+    vocab, reference = write_source("megds_pipeline_gpt2_fpdt_blocked_qkv_tp2", source, tokenizer_files)
+    logits = run_on_ranks(2, direct_load_logits, source=source, vocab=vocab, family="gpt2", finetune=True)[0]
+    error = (logits - reference).abs().max().item()
+    assert error <= LOGITS_ATOL, f"--load of the Meg-DS folder gives logits {error:.2e} off the source model's"
+    assert os.path.isfile(os.path.join(source, "megatron-ds-import.universal", "megatron_import_done.json"))
+
+    message = run_on_ranks(2, direct_load_logits, source=source, vocab=vocab, family="gpt2", finetune=False)[0]
+    assert "add --finetune" in message, message
+    message = run_on_ranks(2, direct_load_logits, source=source, vocab=vocab, family="gpt2", finetune=True,
+                           num_layers=4)[0]
+    assert "num_layers: checkpoint 2, this run 4" in message, message

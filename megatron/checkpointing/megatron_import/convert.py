@@ -55,6 +55,25 @@ def _carry_tokenizer(settings: dict, save_dir: str, given: bool, log):
     return tokenizer, settings
 
 
+def read_whole_weights(source, fields: dict, model, order: str):
+    """Every tensor of ``source`` merged over its TP/PP ranks, in our names (vocabulary still padded)."""
+    tp, pp = parallel_sizes(source.args)
+    if source.kind == "megatron-lm" and fields["num_layers"] % pp:
+        raise CheckpointError(f"{source.folder}: {fields['num_layers']} layers over {pp} pipeline stages is an "
+                              f"uneven split; importing one is not implemented")
+    layers_per_stage = fields["num_layers"] // pp
+    ranks = {}
+    for pp_rank, tp_rank, state in rank_states(source):
+        offset = 0 if source.kind == "megds-pipeline" else pp_rank * layers_per_stage
+        ranks[(pp_rank, tp_rank)] = canonical_names(state, offset, f"{source.folder} (stage {pp_rank}, tensor rank "
+                                                    f"{tp_rank})", pipeline_files=source.kind == "megds-pipeline")
+    found_tp = 1 + max(rank for _, rank in ranks)
+    if found_tp != tp:
+        raise CheckpointError(f"{source.folder}: the arguments say tensor_model_parallel_size={tp} but files of "
+                              f"{found_tp} tensor ranks are there: the checkpoint is incomplete or mixed")
+    return whole_weights(ranks, model, order, source.folder)
+
+
 def convert_megatron_checkpoint(load_dir: str, save_dir: str, *, tokenizer_type: Optional[str] = None,
                                 tokenizer_model: Optional[str] = None, vocab_file: Optional[str] = None,
                                 merge_file: Optional[str] = None, qkv_row_order: Optional[str] = None,
@@ -88,20 +107,7 @@ def convert_megatron_checkpoint(load_dir: str, save_dir: str, *, tokenizer_type:
                               f"given: pass --tokenizer-type and its files")
     run_config = run_config.with_vocab(vocab)
 
-    layers_per_stage = fields["num_layers"] // pp
-    if source.kind == "megatron-lm" and fields["num_layers"] % pp:
-        raise CheckpointError(f"{source.folder}: {fields['num_layers']} layers over {pp} pipeline stages is an "
-                              f"uneven split; importing one is not implemented")
-    ranks = {}
-    for pp_rank, tp_rank, state in rank_states(source):
-        offset = 0 if source.kind == "megds-pipeline" else pp_rank * layers_per_stage
-        ranks[(pp_rank, tp_rank)] = canonical_names(state, offset, f"{source.folder} (stage {pp_rank}, tensor rank "
-                                                    f"{tp_rank})", pipeline_files=source.kind == "megds-pipeline")
-    found_tp = 1 + max(rank for _, rank in ranks)
-    if found_tp != tp:
-        raise CheckpointError(f"{source.folder}: the arguments say tensor_model_parallel_size={tp} but files of "
-                              f"{found_tp} tensor ranks are there: the checkpoint is incomplete or mixed")
-    weights = whole_weights(ranks, run_config.model, order, source.folder)
+    weights = read_whole_weights(source, fields, run_config.model, order)
     folder = write_weights_checkpoint(
         weights, run_config, save_dir, source=source.folder,
         tokenizer=tokenizer_fingerprint(tokenizer, run_config.data) if tokenizer is not None else None)

@@ -22,6 +22,7 @@ from megatron.checkpointing.safe_load import CheckpointError, safe_megatron_load
 
 LAYER_FILE = re.compile(r"layer_(\d+)-model_(\d+)-model_states\.pt$")
 MP_RANK_FILE = re.compile(r"mp_rank_(\d+)_model_states\.pt$")
+OUR_CLIENT_STATE = "megatron_ds"  # save.py's CLIENT_STATE_KEY (not imported: save.py imports DeepSpeed engines)
 MEGATRON_LM_RANK_DIR = re.compile(r"mp_rank_(\d+)(?:_(\d+))?$")
 
 
@@ -80,17 +81,29 @@ def _as_dict(args) -> dict:
 
 
 def detect_megatron_checkpoint(load_dir: str) -> Optional[str]:
-    """The kind of Megatron checkpoint in ``load_dir`` (a cheap look at file names), or None."""
+    """The kind of Megatron checkpoint in ``load_dir``, "unsupported" for one not importable, or None (ours,
+    or nothing there)."""
     try:
         folder = _tag_folder(load_dir)
     except CheckpointError:
         return None
-    if os.path.isfile(os.path.join(folder, "manifest.json")):
+    from megatron.checkpointing.manifest import MANIFEST_NAME
+
+    if os.path.isfile(os.path.join(folder, MANIFEST_NAME)):
         return None  # ours
-    if glob.glob(os.path.join(folder, "layer_*-model_*-model_states.pt")):
-        return "megds-pipeline"
-    if glob.glob(os.path.join(folder, "mp_rank_*_model_states.pt")):
-        return "megds-module"
+    mp_files = sorted(glob.glob(os.path.join(folder, "mp_rank_*_model_states.pt")))
+    if mp_files:
+        # Ours too has these files (an unfinished save lacks the manifest): only pickled Megatron arguments
+        # without our client state mark a Megatron-DeepSpeed checkpoint. An unreadable file is left to the
+        # native loader, which names the problem.
+        try:
+            head = safe_megatron_load(mp_files[0], mmap=True)
+        except CheckpointError:
+            return None
+        if not isinstance(head, dict) or head.get("args") is None or OUR_CLIENT_STATE in head:
+            return None
+        return "megds-pipeline" if glob.glob(os.path.join(folder, "layer_*-model_*-model_states.pt")) \
+            else "megds-module"
     if glob.glob(os.path.join(folder, "mp_rank_*", "model_optim_rng.pt")):
         return "megatron-lm"
     if os.path.isdir(os.path.join(folder, "zero")) or glob.glob(os.path.join(folder, "*.distcp")):
