@@ -108,7 +108,9 @@ def import_and_logits(source, save, vocab, extra=()):
     assert resumed.iteration == 0
     logits = _engine_logits(engine, vocab)
     engine.destroy()
-    return logits, manifest.get("tokenizer")
+    record = manifest.get("tokenizer") or {"vocab_size": stored_run_config(manifest, save).model.vocab_size,
+                                           "carried": False}
+    return logits, record
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +147,8 @@ def test_imported_logits_equal_the_source_models(case, tmp_path, tokenizer_files
         expected = ("vocab.json", "merges.txt") if CASES[case][7] == "flags" else ("tokenizer.model",)
         for name in expected:
             assert os.path.isfile(os.path.join(save, "tokenizer", name))
-    else:
-        assert tokenizer is None
+    else:  # no tokenizer: the vocabulary is the source's padded size
+        assert tokenizer == {"vocab_size": _padded_vocab(vocab, CASES[case][2]), "carried": False}
 
 
 def test_a_wrong_qkv_order_guess_changes_the_logits(tmp_path, tokenizer_files):
@@ -289,3 +291,43 @@ def test_load_takes_a_megatron_deepspeed_folder_directly(tmp_path, tokenizer_fil
     message = run_on_ranks(2, direct_load_logits, source=source, vocab=vocab, family="gpt2", finetune=True,
                            num_layers=4)[0]
     assert "num_layers: checkpoint 2, this run 4" in message, message
+
+
+BASE_ARGS = dict(num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=16, max_position_embeddings=16)
+
+
+@pytest.mark.parametrize("extra, refusal", [
+    ({"num_experts": [4]}, "mixture of experts"),
+    ({"position_embedding_type": "alibi", "add_position_embedding": False}, "position embeddings 'alibi'"),
+    ({"use_rotary_position_embeddings": True, "rotary_percent": 0.5}, "rotary_percent=0.5"),
+    ({"bias_gelu_fusion": False}, "exact (erf) GELU"),
+    ({"apply_residual_connection_post_layernorm": True}, "apply_residual_connection_post_layernorm"),
+    ({"apply_layernorm_1p": True}, "apply_layernorm_1p"),
+])
+def test_architectures_megatron_ds_lacks_are_refused(extra, refusal):
+    from megatron.checkpointing.megatron_import.arguments import model_fields
+    from megatron.checkpointing.safe_load import CheckpointError
+
+    with pytest.raises(CheckpointError, match="not one megatron-ds implements") as caught:
+        model_fields(dict(BASE_ARGS, **extra))
+    assert refusal in str(caught.value)
+
+
+@pytest.mark.parametrize("layout, refusal", [
+    ("universal", "universal checkpoint"), ("torch_dist", "torch_dist"),
+])
+def test_unimportable_formats_are_refused(tmp_path, layout, refusal):
+    from megatron.checkpointing.megatron_import.sources import detect_megatron_checkpoint, open_megatron_checkpoint
+    from megatron.checkpointing.safe_load import CheckpointError
+
+    folder = tmp_path / ("global_step10_universal" if layout == "universal" else "iter_0000010")
+    if layout == "universal":
+        (folder / "zero" / "word_embeddings.weight").mkdir(parents=True)
+        (tmp_path / "latest").write_text(folder.name)
+    else:
+        folder.mkdir()
+        (folder / "__0_0.distcp").write_bytes(b"")
+        (tmp_path / "latest_checkpointed_iteration.txt").write_text("10")
+    assert detect_megatron_checkpoint(str(tmp_path)) == "unsupported"
+    with pytest.raises(CheckpointError, match=refusal):
+        open_megatron_checkpoint(str(tmp_path))
