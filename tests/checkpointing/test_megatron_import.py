@@ -141,6 +141,7 @@ def test_imported_logits_equal_the_source_models(case, tmp_path, tokenizer_files
                  "--merge-file", tokenizer_files["gpt2"][1]]
     logits, tokenizer = run_on_ranks(1, import_and_logits, source=source, save=save, vocab=vocab, extra=extra)[0]
     error = (logits - reference).abs().max().item()
+    print(f"{case}: max |logit - source logit| = {error:.2e}")
     assert error <= LOGITS_ATOL, f"{case}: imported logits differ from the source model's by {error:.2e}"
     if CASES[case][7] is not None:  # the tokenizer travels: files copied, fingerprint recorded
         assert tokenizer["vocab_size"] == vocab
@@ -159,6 +160,7 @@ def test_a_wrong_qkv_order_guess_changes_the_logits(tmp_path, tokenizer_files):
     logits, _ = run_on_ranks(1, import_and_logits, source=source, save=save, vocab=vocab,
                              extra=["--qkv-row-order", "interleaved"])[0]
     error = (logits - reference).abs().max().item()
+    print(f"wrong QKV order: max |logit - source logit| = {error:.2e}")
     assert error > 100 * LOGITS_ATOL, f"the wrong QKV order moved the logits by only {error:.2e}"
 
 
