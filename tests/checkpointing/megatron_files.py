@@ -149,6 +149,9 @@ MEGATRON_LM_NAMES = {"input_norm": lambda s: f"self_attention.linear_qkv.layer_n
                      "post_norm": lambda s: f"mlp.linear_fc1.layer_norm_{s}", "qkv": "self_attention.linear_qkv",
                      "proj": "self_attention.linear_proj", "fc1": "mlp.linear_fc1", "fc2": "mlp.linear_fc2"}
 
+MEGATRON_LM_LOCAL_NAMES = dict(MEGATRON_LM_NAMES, input_norm=lambda s: f"input_layernorm.{s}",
+                               post_norm=lambda s: f"pre_mlp_layernorm.{s}")
+
 
 def _padded_rows(tensor, rows):
     return torch.cat([tensor, tensor.new_zeros(rows - tensor.shape[0], *tensor.shape[1:])])
@@ -232,9 +235,11 @@ def megatron_lm_args(model, *, tp, pp, padded_vocab, dtype):
         tokenizer_type="Llama2Tokenizer", tokenizer_model="/data/llama/tokenizer.model", iteration=ITERATION)
 
 
-def write_megatron_lm(weights, model, folder, *, tp, pp, padded_vocab, dtype=torch.float32):
-    """A Megatron-LM (mcore GPTModel, transformer-engine spec) --ckpt-format torch folder."""
+def write_megatron_lm(weights, model, folder, *, tp, pp, padded_vocab, dtype=torch.float32, spec="transformer_engine"):
+    """A Megatron-LM (mcore GPTModel; transformer-engine or local layer spec) --ckpt-format torch folder."""
     args = megatron_lm_args(model, tp=tp, pp=pp, padded_vocab=padded_vocab, dtype=dtype)
+    args.transformer_impl = spec
+    names = MEGATRON_LM_NAMES if spec == "transformer_engine" else MEGATRON_LM_LOCAL_NAMES
     per_stage = model.num_layers // pp
     word = _padded_rows(weights["embedding.word_embeddings.weight"], padded_vocab)
     output = _padded_rows(weights["output_layer.linear.weight"], padded_vocab)
@@ -244,7 +249,7 @@ def write_megatron_lm(weights, model, folder, *, tp, pp, padded_vocab, dtype=tor
             if stage == 0:
                 state["embedding.word_embeddings.weight"] = _split_rows(word, tp, rank)
             for local in range(per_stage):
-                layer = layer_tensors(weights, stage * per_stage + local, model, tp, rank, False, MEGATRON_LM_NAMES)
+                layer = layer_tensors(weights, stage * per_stage + local, model, tp, rank, False, names)
                 state.update({f"decoder.layers.{local}.{key}": value for key, value in layer.items()})
                 for part in ("self_attention.core_attention", "self_attention.linear_qkv", "mlp.linear_fc1"):
                     state[f"decoder.layers.{local}.{part}._extra_state"] = torch.empty(0, dtype=torch.uint8)

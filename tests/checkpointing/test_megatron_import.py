@@ -31,6 +31,8 @@ CASES = {
                                                      None),
     "megds_pipeline_gpt2_fpdt_blocked_qkv_tp2": ("gpt2", "megds", 2, 1, torch.float32, True, True, None),
     "megatron_lm_torch_llama_gqa_tp2_pp2": ("llama_gqa", "megatron-lm", 2, 2, torch.float32, False, False, None),
+    "megatron_lm_torch_local_spec_llama_gqa_tp2_bf16": ("llama_gqa", "megatron-lm-local", 2, 1, torch.bfloat16, False,
+                                                        False, None),
 }
 
 
@@ -83,7 +85,7 @@ def write_source(case, folder, tokenizer_files):
                                    dtype=dtype, blocked=blocked, pipeline=pipeline, tokenizer=carried)
     else:
         megatron_files.write_megatron_lm(weights, model, folder, tp=tp, pp=pp, padded_vocab=_padded_vocab(vocab, tp),
-                                         dtype=dtype)
+                                         dtype=dtype, spec="local" if writer.endswith("local") else "transformer_engine")
     return vocab, logits
 
 
