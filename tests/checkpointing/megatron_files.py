@@ -71,7 +71,8 @@ def megds_args(model, *, tp, pp, padded_vocab, dtype, fpdt, enums, tokenizer=Non
     args = argparse.Namespace(
         num_layers=model.num_layers, hidden_size=model.hidden_size, ffn_hidden_size=model.ffn_hidden_size,
         num_attention_heads=model.num_attention_heads, num_key_value_heads=model.num_key_value_heads,
-        kv_channels=model.kv_channels, seq_length=model.seq_length, max_position_embeddings=model.max_position_embeddings,
+        kv_channels=model.kv_channels, seq_length=model.seq_length,
+        max_position_embeddings=model.max_position_embeddings,
         position_embedding_type=enums.PositionEmbeddingType.rotary if rope else enums.PositionEmbeddingType.absolute,
         use_rotary_position_embeddings=rope, add_position_embedding=not rope, rope_theta=model.rotary_base,
         normalization="rmsnorm" if model.normalization == "RMSNorm" else "layernorm",
@@ -109,7 +110,8 @@ def _qkv_rows(tensor, model, tp, rank, blocked):
     shard = _split_rows(tensor, tp, rank)  # our rows are per group [q..., k, v]; ranks hold whole groups
     if not blocked:
         return shard
-    groups, per_group, head_size = model.num_key_value_heads // tp, model.num_attention_heads // model.num_key_value_heads, model.kv_channels
+    groups, head_size = model.num_key_value_heads // tp, model.kv_channels
+    per_group = model.num_attention_heads // model.num_key_value_heads
     view = shard.reshape(groups, per_group + 2, head_size, *shard.shape[1:])
     query = view[:, :per_group].reshape(-1, *shard.shape[1:])
     return torch.cat([query, view[:, per_group].reshape(-1, *shard.shape[1:]),
@@ -187,8 +189,10 @@ def write_megds(weights, model, folder, *, tp, pp, padded_vocab, dtype=torch.flo
             if model.position_embedding_type != "rope":
                 embedding["position_embeddings.weight"] = weights["embedding.position_embeddings.weight"]
             final = {key: weights[f"final_norm.{key}"] for key in ("weight", "bias") if f"final_norm.{key}" in weights}
-            output = ({"weight": _split_rows(_padded_rows(weights["output_layer.linear.weight"], padded_vocab), tp, rank)}
-                      if model.untie_embeddings_and_output_weights else {})
+            output = {}
+            if model.untie_embeddings_and_output_weights:
+                output["weight"] = _split_rows(_padded_rows(weights["output_layer.linear.weight"], padded_vocab), tp,
+                                               rank)
             layers = [layer_tensors(weights, i, model, tp, rank, blocked, MEGDS_NAMES) for i in range(model.num_layers)]
             if pipeline:
                 _save(_cast(embedding, dtype), os.path.join(tag, f"layer_01-model_{rank:02d}-model_states.pt"))

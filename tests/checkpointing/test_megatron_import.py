@@ -84,8 +84,9 @@ def write_source(case, folder, tokenizer_files):
         megatron_files.write_megds(weights, model, folder, tp=tp, pp=pp, padded_vocab=_padded_vocab(vocab, tp),
                                    dtype=dtype, blocked=blocked, pipeline=pipeline, tokenizer=carried)
     else:
+        spec = "local" if writer.endswith("local") else "transformer_engine"
         megatron_files.write_megatron_lm(weights, model, folder, tp=tp, pp=pp, padded_vocab=_padded_vocab(vocab, tp),
-                                         dtype=dtype, spec="local" if writer.endswith("local") else "transformer_engine")
+                                         dtype=dtype, spec=spec)
     return vocab, logits
 
 

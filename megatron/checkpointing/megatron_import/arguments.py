@@ -89,12 +89,14 @@ def model_fields(args: dict) -> dict:
         num_attention_heads=heads, num_key_value_heads=_group_count(args),
         kv_channels=args.get("kv_channels") or args["hidden_size"] // heads,
         ffn_hidden_size=args.get("ffn_hidden_size") or 4 * args["hidden_size"], seq_length=seq,
-        max_position_embeddings=args.get("max_position_embeddings") or seq, position_embedding_type=_position_type(args),
+        max_position_embeddings=args.get("max_position_embeddings") or seq,
+        position_embedding_type=_position_type(args),
         rotary_base=float(args.get("rope_theta", args.get("rotary_base", 10000.0)) or 10000.0),
         normalization="RMSNorm" if normalization == "rmsnorm" else "LayerNorm", norm_epsilon=float(epsilon),
         swiglu=swiglu, add_bias_linear=bool(args.get("add_bias_linear", True)),
         untie_embeddings_and_output_weights=bool(args.get("untie_embeddings_and_output_weights", False)),
-        attention_dropout=float(args.get("attention_dropout", 0.1)), hidden_dropout=float(args.get("hidden_dropout", 0.1)))
+        attention_dropout=float(args.get("attention_dropout", 0.1)),
+        hidden_dropout=float(args.get("hidden_dropout", 0.1)))
 
 
 def parallel_sizes(args: dict):
