@@ -23,6 +23,7 @@ import argparse
 import enum
 import os
 import random
+import shutil
 import sys
 import types
 
@@ -267,3 +268,72 @@ def write_megatron_lm(weights, model, folder, *, tp, pp, padded_vocab, dtype=tor
     with open(os.path.join(folder, "latest_checkpointed_iteration.txt"), "w") as handle:
         handle.write(str(ITERATION))
     return folder
+
+
+# --- what DeepSpeed's ds_to_universal makes of a Megatron-DeepSpeed checkpoint (its merge rules, applied by
+# Megatron-DeepSpeed's universal_checkpoint_info patterns) ---
+
+def _universal_rule(key):
+    if key.endswith(("word_embeddings.weight", "lm_head.weight", "output_layer.weight")):
+        return "vocab"
+    if key.endswith(("layernorm.weight", "layernorm.bias", "position_embeddings.weight", "dense.bias",
+                     "dense_4h_to_h.bias")) or key in ("weight", "bias"):
+        return "replicated"
+    if key.endswith(("dense.weight", "dense_4h_to_h.weight")):
+        return "row"
+    if "dense_h_to_4h" in key:
+        return "two_sub_params"
+    return "column"
+
+
+def _universal_merge(key, slices, vocab, swiglu):
+    rule = _universal_rule(key)
+    if rule == "replicated":
+        return slices[0], None
+    if rule == "row":
+        return torch.cat(slices, dim=1), 1
+    if rule == "two_sub_params" and swiglu:
+        halves = [torch.chunk(piece, 2, dim=0) for piece in slices]
+        return torch.cat([torch.cat([half[0] for half in halves]), torch.cat([half[1] for half in halves])]), 0
+    merged = torch.cat(slices, dim=0)
+    return (merged[:vocab] if rule == "vocab" else merged), 0
+
+
+def write_megds_universal(weights, model, folder, *, tp, pp, padded_vocab, vocab, pipeline, **options):
+    """A Meg-DS checkpoint (write_megds) and its ds_to_universal output ``global_step10_universal``, named in
+    ``latest_universal``."""
+    from megatron.checkpointing.safe_load import safe_megatron_load
+
+    write_megds(weights, model, folder, tp=tp, pp=pp, padded_vocab=padded_vocab, pipeline=pipeline, **options)
+    tag = os.path.join(folder, f"global_step{ITERATION}")
+    target = tag + "_universal"
+    per_name = {}
+    for rank in range(tp):
+        if pipeline:
+            for index in range(1, model.num_layers + 4):
+                path = os.path.join(tag, f"layer_{index:02d}-model_{rank:02d}-model_states.pt")
+                if not os.path.isfile(path):
+                    continue
+                for key, tensor in safe_megatron_load(path).items():
+                    tied = index == 1 and not model.untie_embeddings_and_output_weights
+                    name = f"tied_modules.embed.{key}" if tied else f"{index}.{key}"
+                    per_name.setdefault(name, []).append(tensor)
+        else:
+            module = safe_megatron_load(os.path.join(tag, f"mp_rank_{rank:02d}_model_states.pt"))["module"]
+            for key, tensor in module.items():
+                per_name.setdefault(key, []).append(tensor)
+    for name, slices in per_name.items():
+        key = name.split(".", 1)[1] if name[0].isdigit() else name
+        param, cat_dim = _universal_merge(key, slices, vocab, model.swiglu)
+        record = {"param": param.float()}
+        if cat_dim is not None:
+            record["cat_dim"] = cat_dim
+        if _universal_rule(key) == "vocab":
+            record["vocab_tensor"] = True
+        _save(record, os.path.join(target, "zero", name, "fp32.pt"))
+    for name in os.listdir(tag):
+        if name.startswith("mp_rank_"):
+            shutil.copy2(os.path.join(tag, name), target)
+    with open(os.path.join(folder, "latest_universal"), "w") as handle:
+        handle.write(os.path.basename(target))
+    return target

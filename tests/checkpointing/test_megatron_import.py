@@ -30,6 +30,10 @@ CASES = {
     "megds_module_llama_fpdt_blocked_qkv_tp2_fp16": ("llama_bias_tied", "megds", 2, 1, torch.float16, True, False,
                                                      None),
     "megds_pipeline_gpt2_fpdt_blocked_qkv_tp2": ("gpt2", "megds", 2, 1, torch.float32, True, True, None),
+    "megds_universal_pipeline_llama_gqa_tp2_pp2_bf16": ("llama_gqa", "megds-universal", 2, 2, torch.bfloat16, False,
+                                                        True, None),
+    "megds_universal_module_fpdt_blocked_qkv_tp2": ("llama_bias_tied", "megds-universal", 2, 1, torch.float32, True,
+                                                    False, None),
     "megatron_lm_torch_llama_gqa_tp2_pp2": ("llama_gqa", "megatron-lm", 2, 2, torch.float32, False, False, None),
     "megatron_lm_torch_local_spec_llama_gqa_tp2_bf16": ("llama_gqa", "megatron-lm-local", 2, 1, torch.bfloat16, False,
                                                         False, None),
@@ -80,7 +84,10 @@ def write_source(case, folder, tokenizer_files):
         vocab = build_tokenizer("SentencePieceTokenizer", tokenizer_model=tokenizer_files["spm"]).vocab_size
         carried = ("GPTSentencePieceTokenizer", tokenizer_files["spm"])
     weights, model, logits = reference_model(family, vocab, dtype)
-    if writer == "megds":
+    if writer == "megds-universal":
+        megatron_files.write_megds_universal(weights, model, folder, tp=tp, pp=pp, padded_vocab=_padded_vocab(vocab, tp),
+                                             vocab=vocab, dtype=dtype, blocked=blocked, pipeline=pipeline)
+    elif writer == "megds":
         megatron_files.write_megds(weights, model, folder, tp=tp, pp=pp, padded_vocab=_padded_vocab(vocab, tp),
                                    dtype=dtype, blocked=blocked, pipeline=pipeline, tokenizer=carried)
     else:
@@ -318,21 +325,14 @@ def test_architectures_megatron_ds_lacks_are_refused(extra, refusal):
     assert refusal in str(caught.value)
 
 
-@pytest.mark.parametrize("layout, refusal", [
-    ("universal", "universal checkpoint"), ("torch_dist", "torch_dist"),
-])
-def test_unimportable_formats_are_refused(tmp_path, layout, refusal):
+def test_torch_dist_checkpoints_are_refused(tmp_path):
     from megatron.checkpointing.megatron_import.sources import detect_megatron_checkpoint, open_megatron_checkpoint
     from megatron.checkpointing.safe_load import CheckpointError
 
-    folder = tmp_path / ("global_step10_universal" if layout == "universal" else "iter_0000010")
-    if layout == "universal":
-        (folder / "zero" / "word_embeddings.weight").mkdir(parents=True)
-        (tmp_path / "latest").write_text(folder.name)
-    else:
-        folder.mkdir()
-        (folder / "__0_0.distcp").write_bytes(b"")
-        (tmp_path / "latest_checkpointed_iteration.txt").write_text("10")
+    folder = tmp_path / "iter_0000010"
+    folder.mkdir()
+    (folder / "__0_0.distcp").write_bytes(b"")
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("10")
     assert detect_megatron_checkpoint(str(tmp_path)) == "unsupported"
-    with pytest.raises(CheckpointError, match=refusal):
+    with pytest.raises(CheckpointError, match="torch_dist"):
         open_megatron_checkpoint(str(tmp_path))

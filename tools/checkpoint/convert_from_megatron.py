@@ -5,8 +5,8 @@
     python pretrain_gpt_ds.py <the model's flags> --load runs/imported --finetune ...
     (another TP/PP/ZeRO layout: add --universal-checkpoint)
 
-Reads Megatron-DeepSpeed pipeline (layer_XX-model_YY-model_states.pt) and --no-pipeline-parallel
-(mp_rank_XX_model_states.pt) checkpoints and Megatron-LM --ckpt-format torch (iter_N/mp_rank_XX[_YYY]/
+Reads Megatron-DeepSpeed pipeline (layer_XX-model_YY-model_states.pt), --no-pipeline-parallel
+(mp_rank_XX_model_states.pt) and ds_to_universal (global_stepN_universal/zero/...) checkpoints and Megatron-LM --ckpt-format torch (iter_N/mp_rank_XX[_YYY]/
 model_optim_rng.pt), any TP/PP, fp32/bf16/fp16, GPT-2 and Llama (GQA) models. Weights only (start with
 --finetune). Every file is read weights-only: nothing pickled in it runs.
 """

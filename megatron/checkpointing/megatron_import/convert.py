@@ -12,7 +12,8 @@ from typing import Optional
 
 from megatron.checkpointing.megatron_import.arguments import QKV_ORDERS, model_fields, parallel_sizes, qkv_order
 from megatron.checkpointing.megatron_import.merge import canonical_names, whole_weights
-from megatron.checkpointing.megatron_import.sources import open_megatron_checkpoint, rank_states
+from megatron.checkpointing.megatron_import.sources import (open_megatron_checkpoint, rank_states,
+                                                            universal_pipeline_names)
 from megatron.checkpointing.safe_load import CheckpointError
 
 
@@ -64,9 +65,13 @@ def read_whole_weights(source, fields: dict, model, order: str):
     layers_per_stage = fields["num_layers"] // pp
     ranks = {}
     for pp_rank, tp_rank, state in rank_states(source):
-        offset = 0 if source.kind == "megds-pipeline" else pp_rank * layers_per_stage
+        pipeline_names = source.kind == "megds-pipeline" or (source.kind == "megds-universal"
+                                                             and universal_pipeline_names(state))
+        offset = 0 if pipeline_names else pp_rank * layers_per_stage
         ranks[(pp_rank, tp_rank)] = canonical_names(state, offset, f"{source.folder} (stage {pp_rank}, tensor rank "
-                                                    f"{tp_rank})", pipeline_files=source.kind == "megds-pipeline")
+                                                    f"{tp_rank})", pipeline_files=pipeline_names)
+    if source.kind == "megds-universal":  # whole tensors; only blocked QKV rows need the ranks they came from
+        return whole_weights(ranks, model, order, source.folder, merged_tp=tp)
     found_tp = 1 + max(rank for _, rank in ranks)
     if found_tp != tp:
         raise CheckpointError(f"{source.folder}: the arguments say tensor_model_parallel_size={tp} but files of "

@@ -138,8 +138,10 @@ def _join(part: str, suffix, shards: List[torch.Tensor], model, qkv_order: str) 
 
 
 def whole_weights(ranks: Dict[Tuple[int, int], Dict[Tuple, torch.Tensor]], model, qkv_order: str,
-                  source: str) -> Dict[str, torch.Tensor]:
-    """{(pp, tp): canonical tensors} -> {our name: whole fp32 tensor}."""
+                  source: str, merged_tp: int = None) -> Dict[str, torch.Tensor]:
+    """{(pp, tp): canonical tensors} -> {our name: whole fp32 tensor}. ``merged_tp``: the tensors are already
+    whole (a universal checkpoint), merged from that many TP ranks; a whole SwiGLU fc1 is then [all gate | all
+    up], i.e. one rank's layout, and blocked QKV rows are cut back into their ranks to be reordered."""
     tp_size = 1 + max(tp for _, tp in ranks)
     gathered: Dict[Tuple, Dict[int, torch.Tensor]] = defaultdict(dict)
     for (_, tp_rank), state in ranks.items():
@@ -150,7 +152,10 @@ def whole_weights(ranks: Dict[Tuple[int, int], Dict[Tuple, torch.Tensor]], model
         if len(by_rank) != tp_size:
             raise CheckpointError(f"{source}: {part} of layer {layer} is on tensor ranks {sorted(by_rank)} only, "
                                   f"not all {tp_size}: the checkpoint is incomplete")
-        tensor = _join(part, suffix, [by_rank[rank] for rank in range(tp_size)], model, qkv_order)
+        shards = [by_rank[rank] for rank in range(tp_size)]
+        if merged_tp and part == "qkv":
+            shards = list(torch.chunk(shards[0], merged_tp, dim=0))
+        tensor = _join(part, suffix, shards, model, qkv_order)
         if layer is None:
             name = OUR_GLOBAL_NAMES[part]
         else:

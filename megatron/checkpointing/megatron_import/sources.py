@@ -6,8 +6,13 @@ checkpointing.py; DeepSpeed names the tag folder in ``latest``, Megatron in late
   tensor rank YY) + ``mp_rank_YY_model_states.pt`` (arguments, iteration; ``module`` is None);
 - megds-module (``--no-pipeline-parallel``): ``global_stepN/mp_rank_YY_model_states.pt`` with the whole model
   under ``module`` (names ``language_model.embedding...``, ``language_model.encoder.layers.N...``);
+- megds-universal (made by DeepSpeed's ``ds_to_universal``): ``<folder>/zero/<param name>/fp32.pt`` holding
+  ``{'param': whole tensor}`` (TP merged; vocabulary padding dropped; SwiGLU's dense_h_to_4h as all gate rows
+  then all up rows; fused QKV the TP ranks' rows one after the other), next to copies of the
+  ``mp_rank_XX_model_states.pt`` files. Names are the module's: ``language_model.*`` or, for the pipeline
+  form, ``tied_modules.embed.*`` and ``<layer index>.<key>``;
 - megatron-lm (``--ckpt-format torch``): ``iter_NNNNNNN/mp_rank_TT[_PPP]/model_optim_rng.pt`` with ``model``.
-Refused with a message: universal folders (``zero/``), ``torch_dist`` (``*.distcp``), virtual pipelines.
+Refused with a message: ``torch_dist`` (``*.distcp``), virtual pipelines.
 """
 
 import glob
@@ -28,7 +33,7 @@ MEGATRON_LM_RANK_DIR = re.compile(r"mp_rank_(\d+)(?:_(\d+))?$")
 
 @dataclass
 class MegatronSource:
-    kind: str                      # megds-pipeline | megds-module | megatron-lm
+    kind: str                      # megds-pipeline | megds-module | megds-universal | megatron-lm
     folder: str                    # the tag folder (global_stepN / iter_NNNNNNN)
     args: dict                     # the pickled arguments, as a dict
     iteration: int
@@ -51,6 +56,9 @@ def _tag_folder(load_dir: str) -> str:
     tag = _read_text(os.path.join(load_dir, "latest"))
     if tag is not None and os.path.isdir(os.path.join(load_dir, tag)):
         return os.path.join(load_dir, tag)
+    universal = _read_text(os.path.join(load_dir, "latest_universal"))  # written by ds_to_universal
+    if universal is not None and os.path.isdir(os.path.join(load_dir, universal)):
+        return os.path.join(load_dir, universal)
     iteration = _read_text(os.path.join(load_dir, "latest_checkpointed_iteration.txt"))
     if iteration is not None:
         name = "release" if iteration == "release" else f"iter_{int(iteration):07d}"
@@ -63,10 +71,6 @@ def _tag_folder(load_dir: str) -> str:
 
 
 def _refuse_unsupported(folder: str):
-    if os.path.isdir(os.path.join(folder, "zero")) or folder.rstrip("/").endswith("_universal"):
-        raise CheckpointError(
-            f"{folder} is a DeepSpeed universal checkpoint (made by ds_to_universal); importing it is not "
-            f"implemented: import the global_stepN folder it was converted from instead")
     if glob.glob(os.path.join(folder, "*.distcp")) or os.path.isfile(os.path.join(folder, ".metadata")):
         raise CheckpointError(
             f"{folder} is a Megatron-LM torch_dist checkpoint; importing it is not implemented: convert it to "
@@ -102,11 +106,13 @@ def detect_megatron_checkpoint(load_dir: str) -> Optional[str]:
             return None
         if not isinstance(head, dict) or head.get("args") is None or OUR_CLIENT_STATE in head:
             return None
+        if os.path.isdir(os.path.join(folder, "zero")):
+            return "megds-universal"
         return "megds-pipeline" if glob.glob(os.path.join(folder, "layer_*-model_*-model_states.pt")) \
             else "megds-module"
     if glob.glob(os.path.join(folder, "mp_rank_*", "model_optim_rng.pt")):
         return "megatron-lm"
-    if os.path.isdir(os.path.join(folder, "zero")) or glob.glob(os.path.join(folder, "*.distcp")):
+    if glob.glob(os.path.join(folder, "*.distcp")):
         return "unsupported"
     return None
 
@@ -121,6 +127,8 @@ def open_megatron_checkpoint(load_dir: str) -> MegatronSource:
         head = safe_megatron_load(mp_paths[0])
         args, iteration = _as_dict(head.get("args")), int(head.get("iteration", 0) or 0)
         files = {(0, int(MP_RANK_FILE.search(path).group(1))): path for path in mp_paths}
+        if os.path.isdir(os.path.join(folder, "zero")):
+            return MegatronSource("megds-universal", folder, args, iteration, files)
         if not layer_paths:
             if head.get("module") is None:
                 raise CheckpointError(f"{mp_paths[0]} has no `module` and {folder} no layer_*-model_*-model_states.pt "
@@ -158,9 +166,38 @@ def _flatten(tree, prefix="") -> Dict[str, torch.Tensor]:
     return flat
 
 
+UNIVERSAL_PIPELINE_NAME = re.compile(r"^(\d+)\.(.+)$")
+
+
+def _universal_state(source: MegatronSource) -> Dict[str, torch.Tensor]:
+    """Whole tensors by name; pipeline-form names become ``layer_XX.<key>`` (the tied embedding is layer 1)."""
+    state = {}
+    zero = os.path.join(source.folder, "zero")
+    for name in sorted(os.listdir(zero)):
+        path = os.path.join(zero, name, "fp32.pt")
+        if not os.path.isfile(path):
+            continue  # optimizer_state.pt and the like
+        stored = safe_megatron_load(path)
+        tensor = stored["param"] if isinstance(stored, dict) else stored
+        found = UNIVERSAL_PIPELINE_NAME.match(name)
+        if name.startswith("tied_modules.embed."):
+            name = "layer_01." + name[len("tied_modules.embed."):]
+        elif found:
+            name = f"layer_{int(found.group(1)):02d}.{found.group(2)}"
+        state[name] = tensor
+    return state
+
+
+def universal_pipeline_names(state: Dict[str, torch.Tensor]) -> bool:
+    return any(name.startswith("layer_") for name in state)
+
+
 def rank_states(source: MegatronSource):
     """Yield (pp_rank, tp_rank, {name: tensor}) for every rank file; pipeline layer files come as one
     state per tensor rank with names ``layer_XX.<key>``."""
+    if source.kind == "megds-universal":
+        yield 0, 0, _universal_state(source)
+        return
     if source.kind == "megds-pipeline":
         for tp_rank, entries in sorted(source.layer_files.items()):
             state = {}
