@@ -149,6 +149,7 @@ MEGATRON_ENUMS = {  # class name -> member names by value, as Megatron-DeepSpeed
     "LayerType": {1: "encoder", 2: "decoder", 3: "retro_encoder", 4: "retro_decoder",
                   5: "retro_decoder_with_retriever"},
     "ModelType": {1: "encoder_or_decoder", 2: "encoder_and_decoder", 3: "retro_encoder", 4: "retro_decoder"},
+    "AttnBackend": {1: "flash", 2: "fused", 3: "unfused", 4: "local", 5: "auto"},  # Megatron-LM's args
 }
 _ENUM_MODULES = ("megatron.model.enums", "megatron.core.enums", "megatron.core.transformer.enums",
                  "megatron.legacy.model.enums", "megatron.core.models.common.embeddings.rotary_pos_embedding")

@@ -53,18 +53,40 @@ def _save(obj, path):
     torch.save(obj, path)
 
 
+def _attention_backend_modules():
+    """megatron.core.transformer(.enums) with Megatron-LM's AttnBackend, which its arguments pickle."""
+    package = types.ModuleType("megatron.core.transformer")
+    module = types.ModuleType("megatron.core.transformer.enums")
+
+    class AttnBackend(enum.Enum):
+        flash = 1
+        fused = 2
+        unfused = 3
+        local = 4
+        auto = 5
+
+    AttnBackend.__module__, AttnBackend.__qualname__ = module.__name__, "AttnBackend"
+    module.AttnBackend = AttnBackend
+    package.enums = module
+    return [package, module]
+
+
 def save_with_megatron_enums(fn):
-    """Run ``fn(enum_module)`` with megatron.model.enums resolvable (so pickle writes that path)."""
+    """Run ``fn(enum_module)`` with megatron.model.enums and megatron.core.transformer.enums resolvable (so
+    pickle writes those paths); ours has neither, and they are removed again afterwards."""
     module = _position_enum_module()
-    previous = sys.modules.get(module.__name__)
-    sys.modules[module.__name__] = module
+    registered = [module] + _attention_backend_modules()
+    module.AttnBackend = registered[-1].AttnBackend
+    previous = {entry.__name__: sys.modules.get(entry.__name__) for entry in registered}
+    sys.modules.update({entry.__name__: entry for entry in registered})
     try:
         return fn(module)
     finally:
-        if previous is None:
-            sys.modules.pop(module.__name__, None)
-        else:
-            sys.modules[module.__name__] = previous
+        for name, entry in previous.items():
+            if entry is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = entry
 
 
 def megds_args(model, *, tp, pp, padded_vocab, dtype, fpdt, enums, tokenizer=None):
@@ -226,8 +248,9 @@ def write_megds(weights, model, folder, *, tp, pp, padded_vocab, dtype=torch.flo
     return folder
 
 
-def megatron_lm_args(model, *, tp, pp, padded_vocab, dtype):
+def megatron_lm_args(model, *, tp, pp, padded_vocab, dtype, enums):
     return argparse.Namespace(
+        attention_backend=enums.AttnBackend.auto,
         num_layers=model.num_layers, hidden_size=model.hidden_size, ffn_hidden_size=model.ffn_hidden_size,
         num_attention_heads=model.num_attention_heads, group_query_attention=True,
         num_query_groups=model.num_key_value_heads, kv_channels=model.kv_channels, seq_length=model.seq_length,
@@ -242,29 +265,34 @@ def megatron_lm_args(model, *, tp, pp, padded_vocab, dtype):
 
 def write_megatron_lm(weights, model, folder, *, tp, pp, padded_vocab, dtype=torch.float32, spec="transformer_engine"):
     """A Megatron-LM (mcore GPTModel; transformer-engine or local layer spec) --ckpt-format torch folder."""
-    args = megatron_lm_args(model, tp=tp, pp=pp, padded_vocab=padded_vocab, dtype=dtype)
-    args.transformer_impl = spec
     names = MEGATRON_LM_NAMES if spec == "transformer_engine" else MEGATRON_LM_LOCAL_NAMES
     per_stage = model.num_layers // pp
     word = _padded_rows(weights["embedding.word_embeddings.weight"], padded_vocab)
     output = _padded_rows(weights["output_layer.linear.weight"], padded_vocab)
-    for stage in range(pp):
-        for rank in range(tp):
-            state = {}
-            if stage == 0:
-                state["embedding.word_embeddings.weight"] = _split_rows(word, tp, rank)
-            for local in range(per_stage):
-                layer = layer_tensors(weights, stage * per_stage + local, model, tp, rank, False, names)
-                state.update({f"decoder.layers.{local}.{key}": value for key, value in layer.items()})
-                for part in ("self_attention.core_attention", "self_attention.linear_qkv", "mlp.linear_fc1"):
-                    state[f"decoder.layers.{local}.{part}._extra_state"] = torch.empty(0, dtype=torch.uint8)
-            if stage == pp - 1:
-                state["decoder.final_layernorm.weight"] = weights["final_norm.weight"]
-                state["output_layer.weight"] = _split_rows(output, tp, rank)
-            name = f"mp_rank_{rank:02d}" + (f"_{stage:03d}" if pp > 1 else "")
-            _save({"args": args, "checkpoint_version": 3.0, "iteration": ITERATION, "model": _cast(state, dtype),
-                   "rng_state": _rng_state(), "num_floating_point_operations_so_far": 0},
-                  os.path.join(folder, f"iter_{ITERATION:07d}", name, "model_optim_rng.pt"))
+
+    def write(enums):
+        args = megatron_lm_args(model, tp=tp, pp=pp, padded_vocab=padded_vocab, dtype=dtype, enums=enums)
+        args.transformer_impl = spec
+        for stage in range(pp):
+            for rank in range(tp):
+                state = {}
+                if stage == 0:
+                    state["embedding.word_embeddings.weight"] = _split_rows(word, tp, rank)
+                for local in range(per_stage):
+                    layer = layer_tensors(weights, stage * per_stage + local, model, tp, rank, False, names)
+                    state.update({f"decoder.layers.{local}.{key}": value for key, value in layer.items()})
+                    for part in ("self_attention.core_attention", "self_attention.linear_qkv", "mlp.linear_fc1"):
+                        state[f"decoder.layers.{local}.{part}._extra_state"] = torch.empty(0, dtype=torch.uint8)
+                if stage == pp - 1:
+                    state["decoder.final_layernorm.weight"] = weights["final_norm.weight"]
+                    state["output_layer.weight"] = _split_rows(output, tp, rank)
+                name = f"mp_rank_{rank:02d}" + (f"_{stage:03d}" if pp > 1 else "")
+                _save({"args": args, "checkpoint_version": 3.0, "iteration": ITERATION,
+                       "model": _cast(state, dtype), "rng_state": _rng_state(),
+                       "num_floating_point_operations_so_far": 0},
+                      os.path.join(folder, f"iter_{ITERATION:07d}", name, "model_optim_rng.pt"))
+
+    save_with_megatron_enums(write)
     with open(os.path.join(folder, "latest_checkpointed_iteration.txt"), "w") as handle:
         handle.write(str(ITERATION))
     return folder
