@@ -336,3 +336,20 @@ def test_torch_dist_checkpoints_are_refused(tmp_path):
     assert detect_megatron_checkpoint(str(tmp_path)) == "unsupported"
     with pytest.raises(CheckpointError, match="torch_dist"):
         open_megatron_checkpoint(str(tmp_path))
+
+
+def test_use_checkpoint_args_reads_a_megatron_checkpoints_arguments(tmp_path, tokenizer_files):
+    """--use-checkpoint-args --load <Meg-DS run>: the model flags come from its pickled arguments."""
+    from megatron.config.migration import apply_megatron_deepspeed_defaults
+
+    source = str(tmp_path / "megatron")
+    write_source("megds_pipeline_llama_gqa_tp2_pp2_bf16_tokenizer_carried", source, tokenizer_files)
+    explicit = {"use_checkpoint_args": True, "load": source}
+    notes = apply_megatron_deepspeed_defaults(explicit)
+    assert "from the checkpoint" in notes[0]
+    assert {key: explicit[key] for key in ("num_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
+                                           "position_embedding_type", "normalization", "swiglu", "add_bias_linear",
+                                           "untie_embeddings_and_output_weights", "tokenizer_type")} == {
+        "num_layers": 2, "hidden_size": 32, "num_attention_heads": 8, "num_key_value_heads": 2,
+        "position_embedding_type": "rope", "normalization": "RMSNorm", "swiglu": True, "add_bias_linear": False,
+        "untie_embeddings_and_output_weights": True, "tokenizer_type": "SentencePieceTokenizer"}

@@ -101,3 +101,15 @@ def model_fields(args: dict) -> dict:
 
 def parallel_sizes(args: dict):
     return int(args.get("tensor_model_parallel_size", 1) or 1), int(args.get("pipeline_model_parallel_size", 1) or 1)
+
+
+def checkpoint_config(load_dir: str) -> dict:
+    """The model and tokenizer of a Megatron checkpoint, as RunConfig groups (for --use-checkpoint-args)."""
+    from megatron.checkpointing.megatron_import.sources import open_megatron_checkpoint
+    from megatron.config.legacy_flags import TOKENIZER_NAMES
+
+    args = open_megatron_checkpoint(load_dir).args
+    model = dict(model_fields(args), make_vocab_size_divisible_by=args.get("make_vocab_size_divisible_by"))
+    data = {key: args.get(key) for key in ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file")}
+    data["tokenizer_type"] = TOKENIZER_NAMES.get(data["tokenizer_type"], data["tokenizer_type"])
+    return {"model": model, "data": data}
