@@ -158,6 +158,11 @@ def _check_moe(config: "RunConfig") -> None:
         raise ConfigError(f"--expert-model-parallel-size {ep} with ZeRO-0 and --clip-grad "
                           f"{config.training.clip_grad}: DeepSpeed's ZeRO-0 clipping miscounts expert gradients "
                           f"across expert-parallel ranks; use ZeRO-1 or ZeRO-2, or --clip-grad 0")
+    if config.recompute.recompute_granularity == "full" and (moe.moe_aux_loss_coeff or moe.moe_z_loss_coeff):
+        # Full recomputation runs the first forward without autograd: the aux losses kept from it have no graph.
+        raise ConfigError("--recompute-granularity full with MoE aux/z losses (--moe-aux-loss-coeff, "
+                          "--moe-z-loss-coeff) is not supported: the recomputed layers' losses would get no "
+                          "gradient; use --recompute-granularity selective, or set both coefficients to 0")
     if config.checkpoint.universal_checkpoint:
         raise ConfigError("MoE layers (--num-experts) with --universal-checkpoint: resharding MoE checkpoints "
                           "(across EP, TP, PP or ZeRO) is not supported yet; resume in the layout that saved")

@@ -38,6 +38,9 @@ BAD = {
                  "MoE layers (--num-experts) with --pipeline-model-parallel-size 2 are not supported yet"),
     "universal_checkpoint": (["--num-experts", "4", "--load", "/tmp/x", "--universal-checkpoint"], 1,
                              "resharding MoE checkpoints (across EP, TP, PP or ZeRO) is not supported yet"),
+    "full_recompute_with_aux_loss": (["--num-experts", "4", "--moe-aux-loss-coeff", "0.01",
+                                      "--recompute-granularity", "full"], 1,
+                                     "--recompute-granularity full with MoE aux/z losses"),
     "zero0_clipping_with_ep": (["--num-experts", "4", "--expert-model-parallel-size", "2", "--zero-stage", "0"], 2,
                                "DeepSpeed's ZeRO-0 clipping miscounts expert gradients"),
 }
