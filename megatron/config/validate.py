@@ -169,10 +169,12 @@ def _check_moe(config: "RunConfig") -> None:
     if config.zero.stage == 3:
         raise ConfigError("MoE layers (--num-experts) with ZeRO-3 are not supported yet: ZeRO-3 would partition "
                           "each rank's own experts over the whole data-parallel group; use ZeRO-1 or ZeRO-2")
-    if p.pipeline_model_parallel_size > 1:
-        raise ConfigError(f"MoE layers (--num-experts) with --pipeline-model-parallel-size "
-                          f"{p.pipeline_model_parallel_size} are not supported yet (the pipeline stages do not "
-                          f"carry expert parameter groups and aux losses); use PP 1")
+    if p.pipeline_model_parallel_size > 1 and p.pipeline_schedule not in ("1f1b", "interleaved"):
+        # DeepSpeed's PipelineEngine passes only activations between its layers: the aux losses of MoE layers
+        # on earlier stages would have no way into its loss.
+        raise ConfigError(f"MoE layers (--num-experts) with --pipeline-schedule {p.pipeline_schedule} are not "
+                          f"supported (DeepSpeed's PipelineEngine has no path for the MoE aux losses of its "
+                          f"stages); use --pipeline-schedule 1f1b or interleaved")
 
 
 def _check_pipeline(config: "RunConfig") -> None:

@@ -54,7 +54,7 @@ def build_pipeline(config, initialize: Callable, construction_context=None):
         chunks = build_stage_chunks(config.model, num_chunks=num_chunks, sequence_parallel=parallel.sequence_parallel,
                                     recompute_granularity=recompute.recompute_granularity,
                                     partition_activations=recompute.partition_activations,
-                                    init_seed=config.training.seed)
+                                    init_seed=config.training.seed, moe_config=config.moe)
     return scheduled_pipeline(initialize(chunks, StageMPU()), config.model,
                               sequence_parallel=parallel.sequence_parallel)
 

@@ -11,6 +11,11 @@ over the data-parallel group, reduces gradients, clips and steps. This module on
   respect to ``output`` is exactly the received ``output_grad`` (already 1/GAS-scaled);
 - the engine's gradient-accumulation boundary is set on the rank's last backward only, so ZeRO-0/1 reduce
   once per global batch and ZeRO-2/3 finish their reductions there; ``engine.step()`` then runs once.
+
+MoE: each chunk's aux (+ z) losses stay on that chunk's rank and join its own backward, so nothing extra
+travels between stages. The last virtual stage adds them to its loss; every other chunk backpropagates
+``sum(output * output_grad) + aux / GAS`` (the 1/GAS DeepSpeed would give a loss), whose gradient is the
+received one plus the aux term's, exactly what the whole model's ``d(loss + aux)`` gives those parameters.
 """
 
 from typing import Iterator, List, Optional, Tuple
@@ -22,6 +27,7 @@ from megatron.core import comm
 from megatron.core import parallel_state as ps
 from megatron.core.grad_norm import global_grad_norm
 from megatron.model import masked_mean_loss
+from megatron.model.moe import collect_aux_losses
 from megatron.pipeline.p2p import PeerToPeer
 from megatron.pipeline.schedules import BACKWARD, FORWARD, PipelineOp, schedule_for
 from megatron.pipeline.stage_model import ModelChunks
@@ -77,7 +83,7 @@ class ScheduledPipeline:
         return getattr(self.engine, name)
 
     # --- one global batch ---------------------------------------------------------------------------
-    def train_step(self, micro_batches: Iterator[dict]) -> Tuple[float, Optional[float], bool]:
+    def train_step(self, micro_batches: Iterator[dict], moe_metrics=None) -> Tuple[float, Optional[float], bool]:
         """Forward and backward of ``num_micro_batches`` micro-batches, then one optimizer step.
 
         Returns (loss averaged over micro-batches and DP ranks, the global grad norm, whether the step was
@@ -86,7 +92,7 @@ class ScheduledPipeline:
         engine = self.engine
         batches = [next(micro_batches) for _ in range(self.num_micro_batches)]
         p2p = PeerToPeer(ps.get_pipeline_model_parallel_prev_rank(), ps.get_pipeline_model_parallel_next_rank())
-        inputs, outputs, losses = {}, {}, []
+        inputs, outputs, auxes, losses, aux_values = {}, {}, {}, [], []
         last_backward = max(i for i, op in enumerate(self.ops) if op.kind == BACKWARD)
         head_backwards = [i for i, op in enumerate(self.ops)
                           if op.kind == BACKWARD and self._stage(op) == self.last_stage]
@@ -97,10 +103,17 @@ class ScheduledPipeline:
             if op.kind == FORWARD:
                 inputs[key] = self._receive_input(p2p, op)
                 output = self._forward(op, batches[op.micro_batch], inputs[key])
+                aux = collect_aux_losses(self.chunks.chunks[op.chunk])  # this chunk's MoE layers only
+                if moe_metrics is not None:
+                    moe_metrics.add_micro_batch(self.chunks.chunks[op.chunk])
                 if self._stage(op) == self.last_stage:
+                    output = output if aux is None else output + aux
                     losses.append(output.detach())
                 else:
                     p2p.send_activation(output)
+                    if aux is not None:
+                        auxes[key] = aux
+                        aux_values.append(aux.detach())
                 outputs[key] = output
                 continue
             output_grad = self._receive_output_grad(p2p, op)
@@ -109,16 +122,17 @@ class ScheduledPipeline:
             first_of_chunk = op.chunk not in seen_chunks
             seen_chunks.add(op.chunk)
             input_tensor = inputs.pop(key)
-            self._backward(outputs.pop(key), output_grad, boundary=index == last_backward,
+            self._backward(outputs.pop(key), output_grad, auxes.pop(key, None), boundary=index == last_backward,
                            first_of_chunk=first_of_chunk)
             if self._stage(op) != 0:
                 p2p.send_gradient(input_tensor.grad)
             if self.tied is not None and head_backwards and index == head_backwards[-1]:
                 self.tied.send_head_gradient(p2p)
         p2p.finish()
-        return self._finish_step(losses)
+        return self._finish_step(losses, aux_values)
 
-    def _finish_step(self, losses: List[torch.Tensor]) -> Tuple[float, Optional[float], bool]:
+    def _finish_step(self, losses: List[torch.Tensor],
+                     aux_values: List[torch.Tensor]) -> Tuple[float, Optional[float], bool]:
         engine = self.engine
         fp32_zero0 = not (engine.bfloat16_enabled() or engine.zero_optimization())
         # DeepSpeed clips an fp32 ZeRO-0 model without reporting the norm: measure the reduced gradients.
@@ -130,7 +144,8 @@ class ScheduledPipeline:
         if norm is None:
             reported = engine.get_global_grad_norm()
             norm = float(reported) if reported is not None else None
-        return self._pipeline_mean(losses), norm, engine.skipped_steps > skipped_before
+        return self._pipeline_mean(losses + aux_values, self.num_micro_batches), norm, \
+            engine.skipped_steps > skipped_before
 
     @torch.no_grad()
     def evaluate(self, micro_batches: Iterator[dict], num_micro_batches: int) -> float:
@@ -149,7 +164,7 @@ class ScheduledPipeline:
                     p2p.send_activation(output)
         p2p.finish()
         self.engine.train()
-        return self._pipeline_mean(losses)
+        return self._pipeline_mean(losses, num_micro_batches)
 
     # --- pieces ----------------------------------------------------------------------------------------
     def _stage(self, op: PipelineOp) -> int:
@@ -178,8 +193,8 @@ class ScheduledPipeline:
             return masked_mean_loss(output, batch["loss_mask"])
         return output
 
-    def _backward(self, output: torch.Tensor, output_grad: Optional[torch.Tensor], *, boundary: bool,
-                  first_of_chunk: bool) -> None:
+    def _backward(self, output: torch.Tensor, output_grad: Optional[torch.Tensor], aux: Optional[torch.Tensor], *,
+                  boundary: bool, first_of_chunk: bool) -> None:
         engine = self.engine
         engine.set_gradient_accumulation_boundary(boundary)
         optimizer = engine.optimizer
@@ -194,16 +209,22 @@ class ScheduledPipeline:
         if output_grad is None:
             engine.backward(output)
         else:
-            engine.backward(torch.sum(output * output_grad), scale_wrt_gas=False)
+            surrogate = torch.sum(output * output_grad)
+            if aux is not None:
+                # scale_wrt_gas=False: give the aux loss the 1/GAS DeepSpeed gives the last stage's loss.
+                surrogate = surrogate + aux / self.num_micro_batches
+            engine.backward(surrogate, scale_wrt_gas=False)
 
-    def _pipeline_mean(self, losses: List[torch.Tensor]) -> float:
-        """Mean over micro-batches and DP ranks, computed on the last stage and broadcast to every stage."""
+    def _pipeline_mean(self, terms: List[torch.Tensor], num_micro_batches: int) -> float:
+        """Mean over micro-batches and DP ranks of the loss terms every stage holds (the last stage's losses,
+        other chunks' MoE aux losses): each rank sums its own, DP averages, the pipeline sums (ranks holding
+        none add zero), so every stage gets the same figure."""
         total = torch.zeros(1, dtype=torch.float64)
-        if losses:
-            total += torch.stack([loss.double() for loss in losses]).mean().cpu()
-            comm.all_reduce(total, group=ps.get_data_parallel_group())
-            total /= ps.get_data_parallel_world_size()
-        comm.broadcast(total, ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group())
+        if terms:
+            total += torch.stack([term.double().cpu() for term in terms]).sum() / num_micro_batches
+        comm.all_reduce(total, group=ps.get_data_parallel_group())
+        total /= ps.get_data_parallel_world_size()
+        comm.all_reduce(total, group=ps.get_pipeline_model_parallel_group())
         return total.item()
 
 

@@ -86,7 +86,8 @@ def layers_per_chunk(num_layers: int, pipeline_size: int, num_chunks: int) -> in
 
 def build_stage_chunks(config, *, num_chunks: int = 1, sequence_parallel: bool = False,
                        recompute_granularity: Optional[str] = None, partition_activations: bool = False,
-                       params_dtype: torch.dtype = torch.float32, init_seed: int = DEFAULT_INIT_SEED) -> ModelChunks:
+                       params_dtype: torch.dtype = torch.float32, init_seed: int = DEFAULT_INIT_SEED,
+                       moe_config=None) -> ModelChunks:
     """This rank's chunks of GPTModel(config) for the current parallel_state pipeline layout; each chunk's
     layers get the initial values of the same layers of GPTModel(config, init_seed=init_seed)."""
     pipeline_size, rank = ps.get_pipeline_model_parallel_world_size(), ps.get_pipeline_model_parallel_rank()
@@ -107,7 +108,7 @@ def build_stage_chunks(config, *, num_chunks: int = 1, sequence_parallel: bool =
         model = GPTModel(chunk_config, sequence_parallel=sequence_parallel,
                          recompute_granularity=recompute_granularity, partition_activations=partition_activations,
                          params_dtype=params_dtype, pre_process=pre_process, post_process=post_process,
-                         num_layers=per_chunk, init_seed=init_seed,
+                         num_layers=per_chunk, init_seed=init_seed, moe_config=moe_config,
                          layer_offset=first_layer_of_chunk(chunk, rank, pipeline_size, per_chunk))
         if replica_head:
             model.output_layer = TiedOutputLayerReplica(

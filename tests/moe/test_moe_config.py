@@ -34,8 +34,9 @@ BAD = {
                              "--moe-pad-expert-input-to-capacity needs --moe-expert-capacity-factor"),
     "zero3": (["--num-experts", "4", "--zero-stage", "3"], 2, "MoE layers (--num-experts) with ZeRO-3 are not "
               "supported yet"),
-    "pipeline": (["--num-experts", "4", "--pipeline-model-parallel-size", "2"], 2,
-                 "MoE layers (--num-experts) with --pipeline-model-parallel-size 2 are not supported yet"),
+    # PP 2 with ZeRO-0/1 picks DeepSpeed's PipelineEngine by default
+    "deepspeed_pipeline": (["--num-experts", "4", "--pipeline-model-parallel-size", "2"], 2,
+                           "MoE layers (--num-experts) with --pipeline-schedule deepspeed are not supported"),
     "universal_checkpoint": (["--num-experts", "4", "--load", "/tmp/x", "--universal-checkpoint"], 1,
                              "resharding MoE checkpoints (across EP, TP, PP or ZeRO) is not supported yet"),
     "full_recompute_with_aux_loss": (["--num-experts", "4", "--moe-aux-loss-coeff", "0.01",

@@ -23,6 +23,9 @@ LAYOUTS = {
                               {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}),
     "ep2_tp2_sequence_parallel": (4, {"expert_model_parallel_size": 2, "tensor_model_parallel_size": 2,
                                       "sequence_parallel": True}, {"zero_optimization": {"stage": 1}}),
+    # aux/z losses of both stages join their own stage's backward (megatron/pipeline/scheduled_pipeline.py)
+    "ep2_pp2_1f1b": (4, {"expert_model_parallel_size": 2, "pipeline_model_parallel_size": 2,
+                         "pipeline_schedule": "1f1b"}, {"zero_optimization": {"stage": 1}}),
 }
 
 
