@@ -78,3 +78,8 @@ class MoEConfig:
     def is_moe_layer(self, layer_number: int) -> bool:
         """layer_number counts from 0 over the whole model."""
         return self.enabled and layer_number % self.moe_layer_freq == 0
+
+    def moe_layer_index(self, layer_number: int) -> int:
+        """Position of MoE layer ``layer_number`` among the model's MoE layers (the same on every pipeline
+        stage, so per-layer expert load keeps one name whichever stage holds the layer)."""
+        return sum(self.is_moe_layer(number) for number in range(layer_number))

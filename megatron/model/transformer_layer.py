@@ -45,7 +45,8 @@ class TransformerLayer(nn.Module):
             # The MoE layer takes the MLP's place (and name), as in Megatron-LM.
             from megatron.model.moe import MoELayer
 
-            self.mlp = MoELayer(config, moe, sequence_parallel=sequence_parallel, params_dtype=params_dtype)
+            self.mlp = MoELayer(config, moe, sequence_parallel=sequence_parallel, params_dtype=params_dtype,
+                                index_in_model=moe.moe_layer_index(layer_number))
         else:
             self.mlp = MLP(config, sequence_parallel=sequence_parallel, params_dtype=params_dtype)
 

@@ -70,10 +70,12 @@ def is_pipeline(engine) -> bool:
     return isinstance(engine, (PipelineEngine, ScheduledPipeline))
 
 
-def pipeline_train_step(engine, micro_batches: Iterator[dict]) -> Tuple[float, Optional[float], bool]:
-    """One global batch; (loss over micro-batches and DP, grad norm, skipped), equal on every rank."""
+def pipeline_train_step(engine, micro_batches: Iterator[dict],
+                        moe_metrics=None) -> Tuple[float, Optional[float], bool]:
+    """One global batch; (loss over micro-batches and DP, grad norm, skipped), equal on every rank.
+    ``moe_metrics`` (a MoEMetrics) reads this stage's MoE layers after each forward (1f1b/interleaved)."""
     if isinstance(engine, ScheduledPipeline):
-        return engine.train_step(micro_batches)
+        return engine.train_step(micro_batches, moe_metrics)
     skipped_before = engine.skipped_steps
     loss = engine.train_batch(pipe_batches(micro_batches))
     norm = engine.get_global_grad_norm()

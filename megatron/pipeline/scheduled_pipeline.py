@@ -105,7 +105,7 @@ class ScheduledPipeline:
                 output = self._forward(op, batches[op.micro_batch], inputs[key])
                 aux = collect_aux_losses(self.chunks.chunks[op.chunk])  # this chunk's MoE layers only
                 if moe_metrics is not None:
-                    moe_metrics.add_micro_batch(self.chunks.chunks[op.chunk])
+                    moe_metrics.add_micro_batch(self.chunks.chunks[op.chunk], new_micro_batch=op.chunk == 0)
                 if self._stage(op) == self.last_stage:
                     output = output if aux is None else output + aux
                     losses.append(output.detach())

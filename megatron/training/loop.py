@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, List, Optional
 
 import torch
+from deepspeed.runtime.pipe.engine import PipelineEngine
 
 from megatron.checkpointing.checkpointer import NonFiniteModelError
 from megatron.core import comm
@@ -19,7 +20,6 @@ from megatron.core import parallel_state as ps
 from megatron.core.grad_norm import global_grad_norm
 from megatron.pipeline import is_pipeline, pipeline_evaluate, pipeline_train_step
 from megatron.model.moe import collect_aux_losses
-from megatron.model.moe.moe_layer import moe_layers
 from megatron.training.moe_metrics import MoEMetrics
 from megatron.training.progress_log import ProgressLog
 
@@ -64,7 +64,7 @@ def train_step(engine, micro_batches: Iterator[dict], gradient_accumulation_step
     explicit_boundaries: tell the engine which micro-batch ends the step, instead of letting it count
     micro-batches modulo its accumulation steps; needed once that number changes during a run (ramp-up)."""
     if is_pipeline(engine):
-        return pipeline_train_step(engine, micro_batches)
+        return pipeline_train_step(engine, micro_batches, moe_metrics)
     total, grad_norm = 0.0, None
     zero_stage = engine.zero_optimization_stage()
     skipped_before = engine.skipped_steps
@@ -172,7 +172,10 @@ def train(engine, *, state: TrainState, train_iters: int, gradient_accumulation_
     tokens_per_sample reach it (Megatron-DeepSpeed's --train-tokens)."""
     start_time = time.monotonic()
     guard = DivergenceGuard(max_skipped_steps, _has_dynamic_loss_scale(engine))
-    moe_metrics = MoEMetrics() if moe_layers(engine.module) and not is_pipeline(engine) else None
+    # By the model's MoE config, not this rank's layers: a pipeline stage without MoE layers still joins the
+    # stages' exchange of figures. DeepSpeed's PipelineEngine (refused with MoE) has no per-forward hook.
+    has_moe = any(getattr(module, "moe_config", None) is not None for module in engine.module.modules())
+    moe_metrics = MoEMetrics() if has_moe and not isinstance(engine, PipelineEngine) else None
     while state.iteration < train_iters:
         if train_tokens is not None and state.consumed_train_samples * tokens_per_sample >= train_tokens:
             break

@@ -14,13 +14,15 @@ class MoEMetrics:
     def __init__(self):
         self._aux, self._micro_batches, self._load = 0.0, 0, {}
 
-    def add_micro_batch(self, module: torch.nn.Module) -> None:
-        """After a training forward: read what the MoE layers kept of it."""
+    def add_micro_batch(self, module: torch.nn.Module, new_micro_batch: bool = True) -> None:
+        """After a training forward: read what the MoE layers kept of it. A pipeline rank calls it for each
+        of its chunks' forwards, with ``new_micro_batch`` on the first chunk's only (so the aux mean is per
+        micro-batch, summed over chunks)."""
+        self._micro_batches += int(new_micro_batch)
         aux = collect_aux_losses(module)
         if aux is None:
             return
         self._aux += float(aux.detach())
-        self._micro_batches += 1
         for key, value in collect_expert_load(module).items():
             previous = self._load.get(key)
             if isinstance(value, list):
@@ -47,4 +49,16 @@ class MoEMetrics:
             figures[key.replace(".", "_")] = numbers if isinstance(value, list) else numbers[0]
             position += size
         self.__init__()
+        if ps.get_pipeline_model_parallel_world_size() > 1:
+            figures = _merge_pipeline_stages(figures)
         return figures
+
+
+def _merge_pipeline_stages(figures: Dict[str, object]) -> Dict[str, object]:
+    """Each stage holds its own layers' load and aux losses: gather them so every rank logs the whole model
+    (aux losses of the stages add up to the model's; layer names are model-wide, so they do not collide)."""
+    merged: Dict[str, object] = {"moe_aux_loss": 0.0}
+    for stage_figures in comm.all_gather_object(figures, group=ps.get_pipeline_model_parallel_group()):
+        merged["moe_aux_loss"] += stage_figures.pop("moe_aux_loss")
+        merged.update(stage_figures)
+    return merged

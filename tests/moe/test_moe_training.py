@@ -43,8 +43,10 @@ def _train(values, deepspeed_config):
 
     config = resolve_config(values, deepspeed_config=deepspeed_config, world_size=comm.get_world_size())
     state = pretrain(config, printer=lambda message: None)
-    norms = [record["grad_norm"] for record in state.history if "grad_norm" in record and "eval_loss" not in record]
-    return state.losses, norms
+    train = [record for record in state.history if "grad_norm" in record and "eval_loss" not in record]
+    # the logged MoE figures of the last log interval: aux loss and every layer's expert load
+    moe = {key: value for key, value in train[-1].items() if key.startswith("moe")}
+    return state.losses, [record["grad_norm"] for record in train], moe
 
 
 def _run(world_size, values, deepspeed_config):
@@ -65,22 +67,29 @@ def _baseline(family, corpus):
 # gpt runs every layout; mixtral (SwiGLU experts, RMSNorm, RoPE) two of them, to keep the suite short.
 CASES = [("gpt", layout) for layout in sorted(LAYOUTS)] + [("mixtral", "ep2_zero2"),
                                                             ("mixtral", "ep2_tp2_sequence_parallel"),
-                                                            ("gpt_shared_expert", "ep2_tp2_sequence_parallel")]
+                                                            ("gpt_shared_expert", "ep2_tp2_sequence_parallel"),
+                                                            ("mixtral", "ep2_pp2_1f1b")]
 
 
 @pytest.mark.parametrize("family,layout", CASES)
 def test_expert_parallel_run_equals_single_rank(family, layout, synthetic_corpus):
     world, overrides, ds_json = LAYOUTS[layout]
-    expected_losses, expected_norms = _baseline(family, synthetic_corpus)
-    losses, norms = _run(world, _moe_values(family, synthetic_corpus, **overrides), ds_json)
+    expected_losses, expected_norms, expected_moe = _baseline(family, synthetic_corpus)
+    losses, norms, moe = _run(world, _moe_values(family, synthetic_corpus, **overrides), ds_json)
     assert_losses_close(losses, expected_losses, RTOL, f"{family} {layout}")
     assert len(norms) == len(expected_norms) and norms, (norms, expected_norms)
     for a, e in zip(norms, expected_norms):
         assert abs(a - e) <= RTOL * abs(e), f"{family} {layout}: grad norm {a} vs single-rank {e}"
+    # the log reports the whole model's aux loss and per-layer load, also when stages hold different layers
+    assert sorted(moe) == sorted(expected_moe) and "moe1_tokens_per_expert" in moe, (moe, expected_moe)
+    aux, expected_aux = moe["moe_aux_loss"], expected_moe["moe_aux_loss"]
+    assert abs(aux - expected_aux) <= RTOL * abs(expected_aux), f"{family} {layout}: aux {aux} vs {expected_aux}"
+    loads = {key: value for key, value in moe.items() if key != "moe_aux_loss"}
+    assert loads == {key: value for key, value in expected_moe.items() if key != "moe_aux_loss"}, (loads, expected_moe)
 
 
 def test_negative_control_moe_differs_from_dense(synthetic_corpus):
-    moe_losses, _ = _baseline("gpt", synthetic_corpus)
-    dense_losses, _ = _run(1, _values("gpt", synthetic_corpus), {"zero_optimization": {"stage": 0}})
+    moe_losses, _, _ = _baseline("gpt", synthetic_corpus)
+    dense_losses, _, _ = _run(1, _values("gpt", synthetic_corpus), {"zero_optimization": {"stage": 0}})
     assert moe_losses[0] != dense_losses[0]
     assert max(abs(a - b) for a, b in zip(moe_losses, dense_losses)) > 1e-2, (moe_losses, dense_losses)

@@ -26,8 +26,10 @@ from megatron.model.moe.router import Router
 
 
 class MoELayer(_DeepSpeedMoEMarker):
-    def __init__(self, config, moe, *, sequence_parallel: bool = False, params_dtype: torch.dtype = torch.float32):
+    def __init__(self, config, moe, *, sequence_parallel: bool = False, params_dtype: torch.dtype = torch.float32,
+                 index_in_model: Optional[int] = None):
         nn.Module.__init__(self)  # DeepSpeed's MoE.__init__ would build its own gate and experts
+        self.index_in_model = index_in_model  # among the whole model's MoE layers (names the load figures)
         self.num_experts = moe.experts
         self.ep_size = ps.get_expert_model_parallel_world_size()
         self.num_local_experts = self.num_experts // self.ep_size
@@ -98,9 +100,11 @@ def collect_aux_losses(module: nn.Module) -> Optional[torch.Tensor]:
 
 
 def collect_expert_load(module: nn.Module) -> Dict[str, List[int]]:
-    """{"layer<i>.tokens_per_expert": [...], "layer<i>.dropped": [...]} of the last forward on this rank."""
+    """{"moe<i>.tokens_per_expert": [...], "moe<i>.dropped": n} of the last forward on this rank; i counts the
+    whole model's MoE layers (a pipeline stage's layers keep their model-wide numbers)."""
     load = {}
-    for index, layer in enumerate(moe_layers(module)):
+    for position, layer in enumerate(moe_layers(module)):
+        index = position if layer.index_in_model is None else layer.index_in_model
         if layer.tokens_per_expert is not None:
             load[f"moe{index}.tokens_per_expert"] = layer.tokens_per_expert.tolist()
             load[f"moe{index}.dropped"] = int(layer.dropped_tokens.sum())
