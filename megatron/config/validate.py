@@ -169,12 +169,18 @@ def _check_moe(config: "RunConfig") -> None:
     if config.zero.stage == 3:
         raise ConfigError("MoE layers (--num-experts) with ZeRO-3 are not supported yet: ZeRO-3 would partition "
                           "each rank's own experts over the whole data-parallel group; use ZeRO-1 or ZeRO-2")
-    if p.pipeline_model_parallel_size > 1 and p.pipeline_schedule not in ("1f1b", "interleaved"):
+    if p.pipeline_model_parallel_size > 1 and p.pipeline_schedule != "1f1b":
         # DeepSpeed's PipelineEngine passes only activations between its layers: the aux losses of MoE layers
-        # on earlier stages would have no way into its loss.
+        # on earlier stages would have no way into its loss. Interleaved is not tested with MoE yet.
         raise ConfigError(f"MoE layers (--num-experts) with --pipeline-schedule {p.pipeline_schedule} are not "
                           f"supported (DeepSpeed's PipelineEngine has no path for the MoE aux losses of its "
-                          f"stages); use --pipeline-schedule 1f1b or interleaved")
+                          f"stages; interleaved is untested); use --pipeline-schedule 1f1b")
+    if p.pipeline_model_parallel_size > 1 and moe.moe_layer_freq > 1:
+        # Measured: a stage without MoE layers has no expert optimizer group, and DeepSpeed's per-group norm
+        # all-reduce over the stages then waits forever.
+        raise ConfigError(f"--moe-layer-freq {moe.moe_layer_freq} with --pipeline-model-parallel-size "
+                          f"{p.pipeline_model_parallel_size}: every pipeline stage must hold MoE layers (a stage "
+                          f"without expert parameters deadlocks DeepSpeed's gradient norm); use --moe-layer-freq 1")
 
 
 def _check_pipeline(config: "RunConfig") -> None:

@@ -37,6 +37,11 @@ BAD = {
     # PP 2 with ZeRO-0/1 picks DeepSpeed's PipelineEngine by default
     "deepspeed_pipeline": (["--num-experts", "4", "--pipeline-model-parallel-size", "2"], 2,
                            "MoE layers (--num-experts) with --pipeline-schedule deepspeed are not supported"),
+    "interleaved_pipeline": (["--num-experts", "4", "--pipeline-model-parallel-size", "2", "--num-layers-per-"
+                              "virtual-pipeline-stage", "1"], 2, "with --pipeline-schedule interleaved are not"),
+    "pipeline_stage_without_moe": (["--num-experts", "4", "--pipeline-model-parallel-size", "2",
+                                    "--pipeline-schedule", "1f1b", "--moe-layer-freq", "2"], 2,
+                                   "every pipeline stage must hold MoE layers"),
     "universal_checkpoint": (["--num-experts", "4", "--load", "/tmp/x", "--universal-checkpoint"], 1,
                              "resharding MoE checkpoints (across EP, TP, PP or ZeRO) is not supported yet"),
     "full_recompute_with_aux_loss": (["--num-experts", "4", "--moe-aux-loss-coeff", "0.01",
