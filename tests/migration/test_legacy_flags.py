@@ -97,7 +97,7 @@ OWNED_ELSEWHERE = {
     "--num-experts", "--mlp-type", "--topk", "--expert-interval", "--num-experts-switch", "--moe-train-capacity-factor",
     "--moe-eval-capacity-factor", "--moe-min-capacity", "--moe-loss-coeff", "--create-moe-param-group",
     "--disable-moe-token-dropping", "--disable-moe-top2-2nd-expert-sampling", "--enable-expert-tensor-parallelism",
-    "--ds-sequence-parallel-size", "--force-ds-sequence-parallel", "--ds-sequence-parallel-fpdt",
+    "--force-ds-sequence-parallel", "--ds-sequence-parallel-fpdt",
     "--ds-sequence-parallel-fpdt-chunk-size", "--ds-sequence-parallel-fpdt-offloading",
     "--distributed-timeout-minutes", "--exit-signal-handler", "--kill-switch-file", "--exit-on-missing-checkpoint",
 }
