@@ -110,3 +110,48 @@ def test_zigzag_refuses_a_sequence_not_divisible_by_twice_cp():
         zigzag_indices(30, 4, 0)
 
 
+
+
+def test_ring_with_one_rank_is_plain_attention():
+    # CP = 1 must not talk to anyone (no self-send) and still give full attention and its gradients.
+    generator = torch.Generator().manual_seed(7)
+    full = [torch.randn(2, n, SEQ, 8, generator=generator) for n in (4, 2, 2)]
+    documents = _document_ids(2)
+    leaves = [tensor.clone().requires_grad_() for tensor in full]
+    _reference(*leaves, documents, True).sum().backward()
+    mine = [tensor.clone().requires_grad_() for tensor in full]
+    output = ring_attention(*mine, torch.arange(SEQ), documents, group_ranks=[0], group_index=0)
+    output.sum().backward()
+    torch.testing.assert_close(output, _reference(*full, documents, True), rtol=0, atol=TOLERANCE)
+    for ours, theirs in zip(mine, leaves):
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("op", ["ring", "ulysses"])
+@distributed_test(world_size=4)
+def test_tp2_by_cp2_each_tp_rank_attends_its_heads_over_the_cp_axis(op):
+    """TP=2 x CP=2 (the layout Megatron-DeepSpeed refuses for Ulysses): each rank holds its TP rank's heads
+    (whole GQA groups) for its CP rank's tokens; the op runs on the context-parallel group of the layout."""
+    from megatron.core import parallel_state as ps
+
+    ps.initialize_model_parallel(tensor_model_parallel_size=2, context_parallel_size=2)
+    tp, cp = ps.get_tensor_model_parallel_rank(), ps.get_context_parallel_rank()
+    generator = torch.Generator().manual_seed(99)
+    heads, kv_heads = 8, 4
+    full = [torch.randn(2, n, SEQ, 8, generator=generator) for n in (heads, kv_heads, kv_heads)]
+    upstream = torch.randn(2, heads, SEQ, 8, generator=generator)
+    documents = _document_ids(2)
+    leaves = [tensor.clone().requires_grad_() for tensor in full]
+    expected = _reference(*leaves, documents, True)
+    expected.backward(upstream)
+
+    def mine(tensor, per_tp):
+        return zigzag_shard(tensor[:, tp * per_tp:(tp + 1) * per_tp], 2, cp, dim=2)
+
+    local = [mine(tensor, n // 2).requires_grad_() for tensor, n in zip(full, (heads, kv_heads, kv_heads))]
+    attention = ring_attention if op == "ring" else ulysses_attention
+    output = attention(*local, zigzag_indices(SEQ, 2, cp), zigzag_shard(documents, 2, cp, dim=1))
+    output.backward(mine(upstream, heads // 2))
+    torch.testing.assert_close(output, mine(expected.detach(), heads // 2), rtol=0, atol=TOLERANCE)
+    for ours, leaf, n in zip(local, leaves, (heads, kv_heads, kv_heads)):
+        torch.testing.assert_close(ours.grad, mine(leaf.grad, n // 2), rtol=0, atol=TOLERANCE)

@@ -114,13 +114,16 @@ class _RingAttention(torch.autograd.Function):
             grad_key = _sum_heads(torch.matmul(grad_scores.transpose(-1, -2), query), groups)
             travelling = torch.stack([block_key, block_value, travelling[2] + grad_key,
                                       travelling[3] + grad_value])
+            if len(ranks) == 1:
+                break  # CP = 1: the block is this rank's own, its gradients are already home
             if step < len(ranks) - 1:
                 (travelling, block_meta), requests = _ring_exchange([travelling, block_meta], ranks, index)
             else:
                 # The block held now belongs to the next rank: one more hop takes every dK/dV home.
                 (travelling,), requests = _ring_exchange([travelling[2:].contiguous()], ranks, index)
             _wait(requests)
-        return grad_query, travelling[0], travelling[1], None, None, None, None, None
+        home = travelling[-2:]  # after the last hop only dK/dV remain; at CP = 1 they sit at index 2, 3
+        return grad_query, home[0], home[1], None, None, None, None, None
 
 
 def ring_attention(query, key, value, positions, documents=None, *, causal=True, group_ranks=None,
