@@ -80,6 +80,7 @@ def ulysses_attention(query, key, value, positions, documents=None, *, causal=Tr
         raise ValueError(f"Ulysses degree {size} must divide the query heads ({query.size(1)}) and key/value "
                          f"heads ({key.size(1)}) of this tensor-parallel rank")
     batch, tokens = query.size(0), query.size(2)
+    documents_given = documents is not None
     positions = positions.to(torch.long).expand(batch, tokens).contiguous()
     documents = (torch.zeros_like(positions) if documents is None
                  else documents.to(torch.long).expand(batch, tokens).contiguous())
@@ -87,7 +88,15 @@ def ulysses_attention(query, key, value, positions, documents=None, *, causal=Tr
     all_documents = _gather_sequence(documents, group, size)
     query, key, value = (_SequenceToHeads.apply(tensor.contiguous(), group, size)
                          for tensor in (query, key, value))
-    allowed = allowed_pairs(all_positions, all_positions, all_documents, all_documents, causal)
     gqa = {"enable_gqa": True} if query.size(1) != key.size(1) else {}
-    context = F.scaled_dot_product_attention(query, key, value, attn_mask=allowed, **gqa)
+    if documents_given or not causal:
+        allowed = allowed_pairs(all_positions, all_positions, all_documents, all_documents, causal)
+        context = F.scaled_dot_product_attention(query, key, value, attn_mask=allowed, **gqa)
+    else:
+        # Plain causal: put the tokens in position order and use SDPA's causal kernel, which keeps O(s)
+        # activations instead of an [s, s] mask (global positions are the same for every sample).
+        order = torch.argsort(all_positions[0])
+        query, key, value = (tensor.index_select(2, order) for tensor in (query, key, value))
+        context = F.scaled_dot_product_attention(query, key, value, is_causal=True, **gqa)
+        context = context.index_select(2, torch.argsort(order))
     return _HeadsToSequence.apply(context, group, size)
