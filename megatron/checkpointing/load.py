@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from megatron.checkpointing.megatron_import.direct_load import (IMPORT_FOLDER, check_same_model, ensure_imported,
+                                                                is_megatron_checkpoint)
 from megatron.checkpointing.manifest import (compare_parameters, file_problems, manifest_layout, raise_file_problems,
                                              read_manifest)
 from megatron.checkpointing.parameters import global_parameter_table, model_name_function
@@ -121,6 +123,22 @@ def _refresh_derived_state(wrapper):
         hook()
 
 
+def _load_megatron_import(wrapper, engine, load_dir: str, *, finetune: bool, log) -> ResumePoint:
+    """A Megatron-DeepSpeed / Megatron-LM folder: weights only, through a copy converted once next to it."""
+    if not finetune:
+        raise CheckpointError(f"{load_dir} is a Megatron-DeepSpeed / Megatron-LM checkpoint: megatron-ds imports "
+                              f"its weights only (its optimizer state and data position do not map onto this "
+                              f"model's), so add --finetune to start from them at iteration 0")
+    record = ensure_imported(load_dir, log=log)
+    check_same_model(getattr(engine.module, "config", None), record["model"], load_dir)
+    folder = os.path.join(load_dir, IMPORT_FOLDER)
+    load_universal_into_engine(engine, folder, load_optimizer=False, source_name=model_name_function(engine.module))
+    _refresh_derived_state(wrapper)
+    log(f"> loaded the weights of {record['source']} ({record['kind']}, iteration {record['iteration']}) through "
+        f"{folder}; starting at iteration 0 (finetune)")
+    return ResumePoint(0, 0, 0, folder, None, False)
+
+
 def load_checkpoint(engine, load_dir: str, *, finetune: bool = False, no_load_optim: bool = False,
                     no_load_rng: bool = False, universal: bool = False, restore_rng: bool = True,
                     log=None, tokenizer: Optional[dict] = None) -> Optional[ResumePoint]:
@@ -135,6 +153,8 @@ def load_checkpoint(engine, load_dir: str, *, finetune: bool = False, no_load_op
     """
     log = log or print_rank0
     wrapper, engine = engine, deepspeed_engine(engine)
+    if is_megatron_checkpoint(load_dir):
+        return _load_megatron_import(wrapper, engine, load_dir, finetune=finetune, log=log)
     folder = find_checkpoint(load_dir)
     # Megatron-DeepSpeed's workflow: a folder the user converted with ds_to_universal, named in
     # latest_universal, is what --universal-checkpoint loads (as DeepSpeed's own loader does).

@@ -186,9 +186,10 @@ LEGACY_FLAGS: Dict[str, LegacyFlag] = {
     "--lazy-mpu-init": _refuse("process groups are always created at start-up", VALUE),
     "--data-parallel-random-init": _refuse("data-parallel replicas always start identical"),
     "--use-dataset-only": _refuse("data-only runs are not supported by the training entry script", VALUE),
-    "--skip-train": _refuse("evaluation-only runs are not supported; use --train-iters with --load"),
-    "--ds-inference": _refuse("inference is not part of pre-training here"),
-    "--inference": _refuse("inference is not part of pre-training here"),
+    "--ds-inference": _refuse("inference is not part of pre-training here; use tools/generate_text.py or "
+                              "tools/run_text_generation_server.py"),
+    "--inference": _refuse("inference is not part of pre-training here; use tools/generate_text.py or "
+                           "tools/run_text_generation_server.py"),
     "--data-efficiency-curriculum-learning": _refuse("DeepSpeed data efficiency (curriculum learning) is not "
                                                      "supported; drop it and the JSON's data_efficiency block"),
     "--random-ltd": _refuse("DeepSpeed random-LTD is not supported"),

@@ -67,7 +67,13 @@ def _fill_from_checkpoint(explicit: Dict[str, Any]) -> List[str]:
 
 
 def saved_config(load_dir: str):
-    """The RunConfig dict stored in the manifest of the checkpoint `latest` names, or None."""
+    """The RunConfig dict stored in the manifest of the checkpoint `latest` names (for a Megatron-DeepSpeed /
+    Megatron-LM folder: its model and tokenizer, read from its pickled arguments), or None."""
+    from megatron.checkpointing.megatron_import.arguments import checkpoint_config
+    from megatron.checkpointing.megatron_import.sources import detect_megatron_checkpoint
+
+    if detect_megatron_checkpoint(load_dir) not in (None, "unsupported"):
+        return checkpoint_config(load_dir)
     latest = os.path.join(load_dir, "latest")
     if not os.path.isfile(latest):
         return None

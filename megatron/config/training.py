@@ -34,6 +34,12 @@ class TrainingConfig:
         "samples, to --global-batch-size (Megatron). Done by varying the micro-batches per step.")
     eval_interval: int = option(1000, "Run evaluation every this many steps.", minimum=1)
     eval_iters: int = option(100, "Batches per evaluation.", minimum=0)
+    skip_train: bool = option(
+        False, "Evaluation only (Megatron's flag): load the checkpoint in --load, score it on the validation split "
+        "(--eval-iters batches; --split 0,1,0 takes them from the start of all of --data-path, e.g. another "
+        "corpus) and print loss and perplexity, the figure training's validation logs; no optimizer step, "
+        "nothing saved.",
+        aliases=("--eval-only",))
     seed: int = option(1234, "Random seed (model init, dropout, data order).")
     exit_interval: Optional[int] = option(None, "Stop after a step whose number is a multiple of this.",
                                           minimum=1)

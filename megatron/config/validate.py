@@ -293,6 +293,13 @@ def _check_data_and_checkpoint(config: "RunConfig") -> None:
             sum(float(p) for p in parts) <= 0:
         raise ConfigError(f"--split {data.split!r} must be up to three non-negative numbers with a positive "
                           f"sum, e.g. 969,30,1")
+    if config.training.skip_train:
+        if not ckpt.load:
+            raise ConfigError("--skip-train evaluates a checkpoint: add --load DIR (the folder training saved to)")
+        if ckpt.save:
+            raise ConfigError("--skip-train saves nothing (no step is taken): drop --save")
+        if config.training.eval_iters == 0:
+            raise ConfigError("--skip-train with --eval-iters 0 has nothing to evaluate: give --eval-iters N")
     # --save-interval without --save is only logged (Megatron-DeepSpeed accepted it; see migration.py).
     needs = {"finetune": "load", "no_load_optim": "load", "no_load_rng": "load",
              "universal_checkpoint": "load", "use_checkpoint_args": "load", "keep_last": "save"}

@@ -44,7 +44,7 @@ _SDPA_HAS_ENABLE_GQA = tuple(int(part) for part in torch.__version__.split(".")[
 
 
 def core_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                   attention_mask: Optional[torch.Tensor], dropout_p: float) -> torch.Tensor:
+                   attention_mask: Optional[torch.Tensor], dropout_p: float, causal: bool = True) -> torch.Tensor:
     """softmax(q k^T / sqrt(hn) + mask) v with dropout on the probabilities.
 
     query [b, nq, s, hn], key/value [b, nkv, s, hn] with nq a multiple of nkv -> context [b, nq, s, hn].
@@ -60,7 +60,7 @@ def core_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
             key = key.repeat_interleave(repeats, dim=1)      # [b, nkv, s, hn] -> [b, nq, s, hn]
             value = value.repeat_interleave(repeats, dim=1)
     if attention_mask is None:
-        mask_args = {"is_causal": True}
+        mask_args = {"is_causal": causal}
     else:
         mask_args = {"attn_mask": ~attention_mask}  # SDPA's bool mask is True where attention is *allowed*
     if dropout_p > 0.0:
@@ -69,14 +69,15 @@ def core_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     return F.scaled_dot_product_attention(query, key, value, **mask_args, **gqa)
 
 
-def check_attention_mask(attention_mask: torch.Tensor, seq_length: int) -> None:
+def check_attention_mask(attention_mask: torch.Tensor, seq_length: int, key_length: Optional[int] = None) -> None:
+    key_length = seq_length if key_length is None else key_length
     if attention_mask.dtype != torch.bool:
         raise ValueError(f"attention_mask must be a bool tensor with True where attention is masked out "
                          f"(Megatron's convention), got dtype {attention_mask.dtype}; convert it with "
                          f"`mask < 0.5` if it holds 1.0 where attention is allowed")
-    if attention_mask.dim() != 4 or attention_mask.shape[-2:] != (seq_length, seq_length):
-        raise ValueError(f"attention_mask must be [b, 1, s, s] (or [1, 1, s, s]) with s = {seq_length}, "
-                         f"got shape {tuple(attention_mask.shape)}")
+    if attention_mask.dim() != 4 or attention_mask.shape[-2:] != (seq_length, key_length):
+        raise ValueError(f"attention_mask must be [b, 1, s, k] (or [1, 1, s, k]) with s = {seq_length} queries "
+                         f"and k = {key_length} keys, got shape {tuple(attention_mask.shape)}")
 
 
 class SelfAttention(nn.Module):
@@ -108,7 +109,10 @@ class SelfAttention(nn.Module):
             self.rotary = None
 
     def forward(self, hidden_states: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
-                attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                attention_mask: Optional[torch.Tensor] = None, kv_cache=None) -> torch.Tensor:
+        """``kv_cache`` (inference only, megatron/inference/kv_cache.py): this layer's keys and values of the
+        tokens before these s; the new ones are appended and attention runs over all of them, so the mask
+        (required then) is [b, 1, s, past + s]."""
         qkv = self.linear_qkv(hidden_states)         # [s, b, ng/tp * (q + 2) * hn] (full s under SP: gathered)
         s, b = qkv.shape[:2]
         ng, q, hn = self.num_groups_per_rank, self.heads_per_group, self.head_dim
@@ -125,17 +129,24 @@ class SelfAttention(nn.Module):
             cos, sin = self.rotary(position_ids)             # [s, b, 1, hn] each
             query = apply_rotary_embedding(query, cos, sin)
             key = apply_rotary_embedding(key, cos, sin)
-        if attention_mask is not None:
-            check_attention_mask(attention_mask, s)
-
         # [s, b, n, hn] -> [b, n, s, hn], SDPA's layout
         query, key, value = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        if kv_cache is not None:
+            # SDPA's causal flag aligns the top-left corner, wrong once keys outnumber queries: the caller's
+            # mask says which cached keys the new tokens see. Without one, a single new token per row sees
+            # every cached key (no causal flag then).
+            if attention_mask is None and s != 1:
+                raise ValueError("attention with a KV cache over several new tokens needs an explicit "
+                                 "attention_mask [b, 1, s, past + s]")
+            key, value = kv_cache.append(key, value)          # [b, ng/tp, past + s, hn] each
+        if attention_mask is not None:
+            check_attention_mask(attention_mask, s, key.size(2))
         dropout_p = self.attention_dropout if self.training else 0.0
         if self.recompute_core_attention:
             # Selective recomputation: keep q/k/v, drop the [b, np, s, s] probabilities and recompute them.
             context = checkpoint_sharded_inputs(core_attention, query, key, value, attention_mask, dropout_p)
         else:
-            context = core_attention(query, key, value, attention_mask, dropout_p)
+            context = core_attention(query, key, value, attention_mask, dropout_p, causal=kv_cache is None)
         # [b, np/tp, s, hn] -> [s, b, np/tp * hn]
         context = context.permute(2, 0, 1, 3).reshape(s, b, self.num_heads_per_rank * hn)
         return self.linear_proj(context)

@@ -121,10 +121,14 @@ class GPTModel(nn.Module):
 
     def forward(self, tokens: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
                 attention_mask: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None, *,
-                hidden_states: Optional[torch.Tensor] = None) -> torch.Tensor:
+                hidden_states: Optional[torch.Tensor] = None, kv_caches=None) -> torch.Tensor:
         """tokens [b, s] (or, without pre_process, the previous stage's ``hidden_states`` [s(/tp), b, h]);
         position_ids [b, s] (default 0..s-1); attention_mask bool [b, 1, s, s], True = masked out (default
         causal); labels [b, s].
+
+        ``kv_caches`` (inference): one megatron.inference.KVCache entry per layer of this model; tokens are then
+        the ones after those cached, with their positions and a [b, 1, s, past + s] mask, and the logits are
+        those of the last position only, [b, 1, V/tp].
 
         Returns the per-token loss [b, s] when labels are given, else vocab-sharded logits [b, s, V/tp]
         (padding ids at -inf);
@@ -138,7 +142,15 @@ class GPTModel(nn.Module):
             raise ValueError("GPTModel with pre_process=False needs the previous stage's hidden_states "
                              "[s(/tp), b, h] (keyword argument)")
 
-        if self.recompute_granularity == "full":
+        if kv_caches is not None:
+            if len(kv_caches) != len(self.layers):
+                raise ValueError(f"kv_caches has {len(kv_caches)} entries for {len(self.layers)} layers")
+            for layer, cache in zip(self.layers, kv_caches):
+                hidden_states = layer(hidden_states, position_ids, attention_mask, kv_cache=cache)
+            if self.post_process:
+                # Generation reads the next-token logits only: the head runs on the last position alone.
+                hidden_states = hidden_states[-1:]                      # [s, b, h] -> [1, b, h]
+        elif self.recompute_granularity == "full":
             # A layer's input is TP-replicated, except under sequence parallelism (this rank's s/tp slice).
             checkpoint = checkpoint_sharded_inputs if self.sequence_parallel else checkpoint_replicated_inputs
             for layer in self.layers:

@@ -47,8 +47,9 @@ class TransformerLayer(nn.Module):
                                        sharded_across_tp=self.sequence_parallel)
 
     def forward(self, hidden_states: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
-                attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        attention_output = self.self_attention(self.input_norm(hidden_states), position_ids, attention_mask)
+                attention_mask: Optional[torch.Tensor] = None, kv_cache=None) -> torch.Tensor:
+        attention_output = self.self_attention(self.input_norm(hidden_states), position_ids, attention_mask,
+                                               kv_cache=kv_cache)
         hidden_states = hidden_states + self._dropout(attention_output)
         mlp_output = self.mlp(self.post_attention_norm(hidden_states))
         return hidden_states + self._dropout(mlp_output)

@@ -80,7 +80,7 @@ def build_training_data(config: RunConfig, printer=print) -> TrainingData:
             if data.valid_data_path and num_samples[1] else None
     else:
         train, valid, _ = build(data_path, data.split, num_samples)
-    if train is None:
+    if train is None and not training.skip_train:
         raise ValueError(f"the training split of {data_path} is empty: check --split {data.split!r} and the data")
     return TrainingData(tokenizer=tokenizer, train_dataset=train, valid_dataset=valid if evaluations else None,
                         data_prefix=data_path, micro_batch_size=training.micro_batch_size,

@@ -16,6 +16,7 @@ from megatron.core import parallel_state as ps
 from megatron.core.tensor_parallel import set_random_seed
 from megatron.training.data_setup import TrainingData, build_training_data
 from megatron.training.engine import build_engine
+from megatron.training.evaluate_only import evaluate_checkpoint
 from megatron.training.host_allocator import host_allocator_note
 from megatron.training.loop import TrainState, TrainingDiverged, train
 from megatron.training.model_setup import build_model, flops_per_iteration
@@ -103,6 +104,16 @@ def _pretrain(config: RunConfig, guard: RunGuard, printer) -> TrainState:
     resumed = checkpointer.resume()
     if resumed is None and config.checkpoint.load and config.checkpoint.exit_on_missing_checkpoint:
         raise ValueError(f"--exit-on-missing-checkpoint: {config.checkpoint.load} holds no checkpoint")
+    if training.skip_train:
+        state = TrainState(iteration=resumed.iteration if resumed else 0)
+        try:
+            evaluate_checkpoint(engine, data, resumed, config, progress, printer)
+        finally:
+            progress.close()
+        state.history = progress.history
+        engine.destroy()
+        ps.destroy_model_parallel()
+        return state
     state = TrainState() if resumed is None else TrainState(iteration=resumed.iteration,
                                                             consumed_train_samples=resumed.consumed_train_samples)
     rampup = rampup_of(training)

@@ -71,42 +71,15 @@ def our_weights(config: dict, state: Dict[str, torch.Tensor], model_config) -> D
     return {name: tensor.float() for name, tensor in weights.items()}
 
 
-def _padded(tensor: torch.Tensor, rows: int) -> torch.Tensor:
-    if tensor.shape[0] == rows:
-        return tensor
-    return torch.cat([tensor, tensor.new_zeros((rows - tensor.shape[0],) + tuple(tensor.shape[1:]))])
-
-
 def write_checkpoint_from_hf(hf_dir: str, save_dir: str, *, make_vocab_size_divisible_by: int = 128,
                              log=print) -> str:
     """Convert ``hf_dir`` into ``save_dir/global_step0`` on an initialised single-rank world; returns the folder."""
-    import deepspeed
-
-    from megatron.checkpointing.save import save_checkpoint
-    from megatron.core import parallel_state as ps
-    from megatron.model import GPTModel
+    from megatron.checkpointing.weights_checkpoint import write_weights_checkpoint
 
     config, state = read_hf_folder(hf_dir)
     run_config = hf_run_config(config, make_vocab_size_divisible_by)
     weights = our_weights(config, state, run_config.model)
-    ps.initialize_model_parallel(1)
-    try:
-        model = GPTModel(run_config.model)
-        padded = {name: _padded(tensor, param.shape[0]) if getattr(param, "sharding", None) == "vocab" else tensor
-                  for (name, param), tensor in ((item, weights.get(item[0])) for item in model.named_parameters())
-                  if tensor is not None}
-        missing = sorted(set(dict(model.named_parameters())) - set(padded))
-        if missing:
-            raise ValueError(f"{hf_dir} lacks weights for {missing}")
-        with torch.no_grad():
-            model.load_state_dict(padded, strict=True)
-        engine, _, _, _ = deepspeed.initialize(model=model, config={
-            "train_micro_batch_size_per_gpu": 1, "train_batch_size": 1, "zero_optimization": {"stage": 0},
-            "steps_per_print": 10 ** 9}, mpu=ps.get_deepspeed_mpu())
-        folder = save_checkpoint(engine, save_dir, iteration=0, consumed_train_samples=0, config=run_config)
-        engine.destroy()
-    finally:
-        ps.destroy_model_parallel()
+    folder = write_weights_checkpoint(weights, run_config, save_dir, source=hf_dir)
     copied = copy_hf_tokenizer_files(hf_dir, os.path.join(save_dir, "tokenizer"))
     log(f"> wrote {folder} from {hf_dir} ({config['model_type']}); train on it with --load {save_dir} --finetune"
         + (f"; tokenizer files in {os.path.join(save_dir, 'tokenizer')}" if copied else ""))
