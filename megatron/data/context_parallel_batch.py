@@ -9,6 +9,7 @@ positions. From those two the context-parallel attention ops rebuild exactly the
 
 import torch
 
+from megatron.model.context_parallel.masks import ContextParallelMask
 from megatron.model.context_parallel.zigzag import zigzag_indices
 
 SEQUENCE_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
@@ -27,4 +28,12 @@ def shard_batch_for_context_parallel(batch: dict, cp_size: int, cp_rank: int) ->
     shard["cp_positions"] = index
     if "attention_mask" in batch:
         shard["cp_documents"] = document_starts(batch["attention_mask"]).index_select(1, index)
+    return shard
+
+
+def context_parallel_micro_batch(batch: dict, cp_size: int, cp_rank: int, algorithm: str) -> dict:
+    """The micro-batch the model gets on a CP rank: its share, with the mask argument attention reads."""
+    shard = shard_batch_for_context_parallel(batch, cp_size, cp_rank)
+    shard["attention_mask"] = ContextParallelMask(shard.pop("cp_positions"), shard.pop("cp_documents", None),
+                                                  algorithm)
     return shard

@@ -8,8 +8,9 @@ Both take the positions and document ids of their tokens, so causal and document
 masks are built from global positions whatever order the tokens arrive in.
 """
 
+from megatron.model.context_parallel.masks import ContextParallelMask
 from megatron.model.context_parallel.ring_attention import ring_attention
 from megatron.model.context_parallel.ulysses import ulysses_attention
 from megatron.model.context_parallel.zigzag import zigzag_gather, zigzag_indices, zigzag_shard
 
-__all__ = ["ring_attention", "ulysses_attention", "zigzag_indices", "zigzag_shard", "zigzag_gather"]
+__all__ = ["ContextParallelMask", "ring_attention", "ulysses_attention", "zigzag_indices", "zigzag_shard", "zigzag_gather"]
