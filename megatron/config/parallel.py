@@ -32,14 +32,15 @@ class ParallelConfig:
                                              aliases=("--moe-expert-parallel-size",))
     context_parallel_size: int = option(
         1, "Ring-attention context-parallel degree (Megatron-LM's flag): each sequence is cut into 2 CP "
-        "zig-zag chunks and K/V travel around the ring of CP ranks. The ops exist (megatron/model/"
-        "context_parallel); whole-model training with CP > 1 is refused until the model is wired to them.",
+        "zig-zag chunks and K/V travel around the ring of CP ranks; the loss is averaged over all tokens of the "
+        "global batch. Composes with TP and ZeRO 0-3; refused with PP > 1, MoE, recomputation, "
+        "--sequence-parallel, batch ramp-up and ZeRO offload.",
         minimum=1)
     ds_sequence_parallel_size: int = option(
         1, "DeepSpeed-Ulysses sequence-parallel degree (Megatron-DeepSpeed's flag): all-to-all from sequence "
         "shards to head shards around local attention; composes with TP when heads/TP and key/value heads/TP "
-        "are divisible by it. Uses the same context-parallel axis; refused for whole-model training with a "
-        "value > 1 until the model is wired to it.", minimum=1)
+        "are divisible by it. Uses the same context-parallel axis (zig-zag shares, global-token loss) with the "
+        "same combinations as --context-parallel-size.", minimum=1)
     sequence_parallel: bool = option(False, "Megatron sequence parallelism: split norm/dropout "
                                      "activations along the sequence over the tensor-parallel ranks "
                                      "(needs TP > 1).")

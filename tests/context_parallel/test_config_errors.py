@@ -9,8 +9,12 @@ BASE = ("--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 64
 
 
 def _error(extra, world_size):
+    base = BASE
+    if "--train-samples" in extra:  # a run sized in samples instead (what --rampup-batch-size needs)
+        index = BASE.index("--train-iters")
+        base = BASE[:index] + BASE[index + 2:]
     with pytest.raises(ConfigError) as raised:
-        parse_config(BASE + extra.split(), world_size=world_size)
+        parse_config(base + extra.split(), world_size=world_size)
     return str(raised.value)
 
 
@@ -51,8 +55,27 @@ def test_world_not_divisible_by_tp_cp_pp():
 
 
 @pytest.mark.parametrize("flag", ["--context-parallel-size", "--ds-sequence-parallel-size"])
-def test_whole_model_training_with_context_parallelism_is_refused_until_wired(flag):
-    # The ops are tested in test_attention_ops.py; the model does not call them yet, so a run must not start.
-    message = _error(f"{flag} 2", 2)
-    assert f"{flag} 2: context-parallel attention ops exist" in message
-    assert f"run with {flag} 1" in message
+def test_proven_combinations_are_accepted(flag):
+    config = parse_config(BASE + f"{flag} 2 --tensor-model-parallel-size 2".split(), world_size=8)
+    assert config.parallel.context_parallel_axis_size == 2 and config.parallel.data_parallel_size == 2
+
+
+@pytest.mark.parametrize("extra,named", [
+    ("--pipeline-model-parallel-size 2", "--pipeline-model-parallel-size 2 (p2p shapes are not cut by CP yet)"),
+    ("--num-experts 2", "--num-experts (MoE)"),
+    ("--recompute-granularity full", "--recompute-granularity full"),
+    ("--recompute-granularity selective", "--recompute-granularity selective"),
+    ("--tensor-model-parallel-size 2 --sequence-parallel", "--sequence-parallel"),
+    ("--rampup-batch-size 2 2 4 --train-samples 16", "--rampup-batch-size"),
+])
+@pytest.mark.parametrize("flag", ["--context-parallel-size", "--ds-sequence-parallel-size"])
+def test_unproven_combinations_are_refused(flag, extra, named):
+    message = _error(f"{flag} 2 {extra}", 4)
+    assert f"{flag} 2 is not supported together with {named}" in message
+    assert f"or run with {flag} 1" in message
+
+
+def test_zero_offload_with_context_parallelism_is_refused():
+    message = _error("--context-parallel-size 2 --zero-stage 2 --offload-optimizer cpu", 2)
+    assert "--context-parallel-size 2 is not supported together with ZeRO offload_optimizer/offload_param" \
+        in message
