@@ -4,7 +4,8 @@ resolves through the configuration; the GPT-125M recipe also trains for real, 3 
 
 The MoE recipe uses Megatron-DeepSpeed's --num-experts, which another feature adds; until this parser knows it the
 test checks it fails with a message naming the flag. The long-sequence recipe's --ds-sequence-parallel-size is
-known but whole-model Ulysses training is refused until wired; the test checks that refusal names the flag.
+known, but the recipe keeps attention dropout (and full recomputation), which context-parallel training refuses;
+the test checks that refusal names the flag.
 """
 
 import json
@@ -66,9 +67,8 @@ def test_recipe_command_line_resolves(name, tmp_path):
             parse_config(argv, world_size=2)
         return
     if needs_flag == "--ds-sequence-parallel-size":
-        # Known flag, but whole-model Ulysses training is refused until the model is wired to the ops.
-        with pytest.raises(ConfigError, match=r"--ds-sequence-parallel-size 2 with --attention-dropout|"
-                                              r"--ds-sequence-parallel-size 2: context-parallel attention ops"):
+        # Known flag; the recipe's attention dropout is refused (Ulysses draws no dropout mask on the probabilities).
+        with pytest.raises(ConfigError, match=r"--ds-sequence-parallel-size 2 with --attention-dropout"):
             parse_config(argv, world_size=2)
         return
     config = parse_config(argv, world_size=2)
