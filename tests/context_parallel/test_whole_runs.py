@@ -73,3 +73,30 @@ def test_context_parallel_run_matches_single_rank(family, layout, world, overrid
     assert_close(evals, expected_evals, f"{family} {layout}: validation loss")
     assert_close(norms, expected_norms, f"{family} {layout}: global grad norm",
                  ZERO3_NORM_RTOL if zero_stage == 3 else RTOL)
+
+
+def _losses_and_iteration(values, deepspeed_config):
+    from megatron.config import resolve_config
+    from megatron.core import comm
+    from megatron.training.pretrain import pretrain
+
+    config = resolve_config(values, deepspeed_config=deepspeed_config, world_size=comm.get_world_size())
+    state = pretrain(config, printer=lambda message: None)
+    return state.iteration, state.losses
+
+
+def test_ring_cp2_checkpoint_resumes_at_cp1(synthetic_corpus, tmp_path):  # noqa: F811
+    """Parameters are replicated over CP, so a CP=2 checkpoint is an ordinary one: saved by a ring CP=2 run at
+    step 5 (ZeRO-0), loaded by one rank at CP=1, the last 5 steps equal the uninterrupted single-rank run."""
+    expected_losses = baseline("llama", synthetic_corpus)[0]
+    save_dir = str(tmp_path / "checkpoints")
+    zero0 = {"zero_optimization": {"stage": 0}}
+    first = run_on_ranks(2, _losses_and_iteration, deepspeed_config=zero0,
+                         values=_values("llama", synthetic_corpus, log_interval=1, context_parallel_size=2,
+                                        save=save_dir, exit_interval=5))[0]
+    assert first[0] == 5
+    assert_close(first[1], expected_losses[:5], "CP=2 before the save: step loss")
+    resumed = run_on_ranks(1, _losses_and_iteration, deepspeed_config=zero0,
+                           values=_values("llama", synthetic_corpus, log_interval=1, load=save_dir))[0]
+    assert resumed[0] == STEPS
+    assert_close(resumed[1], expected_losses[5:], "resumed at CP=1: step loss")
