@@ -26,6 +26,9 @@ CASES = [
 # (measured: DP=2 ZeRO-3 on this model, 1.47e-4 at step 9, the same digits as Ulysses/ring CP=2 ZeRO-3), so
 # its norm gets twice the tolerance; losses keep 1e-4.
 ZERO3_NORM_RTOL = 2 * RTOL
+# GPT's runs (baseline included) train on documents: positions restart and attention stops at every EOD, and
+# EOD tokens carry no loss, so CP's document ids and the global loss-mask count are under test too.
+DOCUMENTS = {"gpt": dict(reset_position_ids=True, reset_attention_mask=True, eod_mask_loss=True), "llama": {}}
 
 
 def _run(values, deepspeed_config):
@@ -41,7 +44,8 @@ def _run(values, deepspeed_config):
 
 
 def run(world_size, family, corpus, overrides, deepspeed_config):
-    values = _values(family, corpus, log_interval=1, **overrides)  # log every step: every grad norm
+    # log every step: every grad norm
+    values = _values(family, corpus, log_interval=1, **DOCUMENTS[family], **overrides)
     results = run_on_ranks(world_size, _run, values=values, deepspeed_config=deepspeed_config)
     assert all(result == results[0] for result in results), "ranks disagree on the reported figures"
     return results[0]
