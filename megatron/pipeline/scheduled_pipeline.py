@@ -21,7 +21,7 @@ from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
 from megatron.core import comm
 from megatron.core import parallel_state as ps
 from megatron.core.grad_norm import global_grad_norm
-from megatron.model import masked_mean_loss
+from megatron.model.loss import context_parallel_loss
 from megatron.pipeline.p2p import PeerToPeer
 from megatron.pipeline.schedules import BACKWARD, FORWARD, PipelineOp, schedule_for
 from megatron.pipeline.stage_model import ModelChunks
@@ -56,6 +56,7 @@ class ScheduledPipeline:
         self.ops = schedule_for(self.num_micro_batches, self.pipeline_size, self.pipeline_rank, self.chunks.num_chunks)
         tp = ps.get_tensor_model_parallel_world_size()
         sequence = seq_length // tp if sequence_parallel and tp > 1 else seq_length
+        sequence //= ps.get_context_parallel_world_size()  # a CP rank passes on its share of the tokens
         # [s(/tp), b, h]: what every virtual stage passes to the next.
         self.activation_shape = (sequence, engine.train_micro_batch_size_per_gpu(), hidden_size)
         self.activation_dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
@@ -175,7 +176,7 @@ class ScheduledPipeline:
                              labels=batch["labels"] if stage == self.last_stage else None,
                              hidden_states=input_tensor)
         if stage == self.last_stage:
-            return masked_mean_loss(output, batch["loss_mask"])
+            return context_parallel_loss(output, batch["loss_mask"])
         return output
 
     def _backward(self, output: torch.Tensor, output_grad: Optional[torch.Tensor], *, boundary: bool,
@@ -197,12 +198,13 @@ class ScheduledPipeline:
             engine.backward(torch.sum(output * output_grad), scale_wrt_gas=False)
 
     def _pipeline_mean(self, losses: List[torch.Tensor]) -> float:
-        """Mean over micro-batches and DP ranks, computed on the last stage and broadcast to every stage."""
+        """Mean over micro-batches and DP (x CP) ranks, computed on the last stage and broadcast to every stage."""
         total = torch.zeros(1, dtype=torch.float64)
         if losses:
             total += torch.stack([loss.double() for loss in losses]).mean().cpu()
-            comm.all_reduce(total, group=ps.get_data_parallel_group())
-            total /= ps.get_data_parallel_world_size()
+            # Over DP x CP: a CP rank's loss is CP x its share of the mean (context_parallel_loss).
+            comm.all_reduce(total, group=ps.get_data_parallel_group(with_context_parallel=True))
+            total /= ps.get_data_parallel_world_size(with_context_parallel=True)
         comm.broadcast(total, ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group())
         return total.item()
 

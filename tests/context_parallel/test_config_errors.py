@@ -58,10 +58,15 @@ def test_world_not_divisible_by_tp_cp_pp():
 def test_proven_combinations_are_accepted(flag):
     config = parse_config(BASE + f"{flag} 2 --tensor-model-parallel-size 2".split(), world_size=8)
     assert config.parallel.context_parallel_axis_size == 2 and config.parallel.data_parallel_size == 2
+    config = parse_config(BASE + f"{flag} 2 --pipeline-model-parallel-size 2 --pipeline-schedule 1f1b".split(),
+                          world_size=4)
+    assert config.parallel.pipeline_schedule == "1f1b"
 
 
 @pytest.mark.parametrize("extra,named", [
-    ("--pipeline-model-parallel-size 2", "--pipeline-model-parallel-size 2 (p2p shapes are not cut by CP yet)"),
+    ("--pipeline-model-parallel-size 2", "--pipeline-schedule deepspeed (only 1f1b is proven with CP"),
+    ("--pipeline-model-parallel-size 2 --pipeline-schedule interleaved --num-layers-per-virtual-pipeline-stage 1",
+     "--pipeline-schedule interleaved"),
     ("--num-experts 2", "--num-experts (MoE)"),
     ("--recompute-granularity full", "--recompute-granularity full"),
     ("--recompute-granularity selective", "--recompute-granularity selective"),

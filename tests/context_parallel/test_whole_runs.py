@@ -12,15 +12,18 @@ from tests.distributed import run_on_ranks
 from tests.training.conftest import synthetic_corpus  # noqa: F401  (the shared corpus fixture)
 from tests.training.test_parity import RTOL, STEPS, _values
 
-# (family, name, world size, flag overrides, ZeRO stage). Seven runs in all (the suite's time budget), chosen
-# so that each algorithm runs with both families (learned positions and RoPE + GQA), each with TP=2, and
-# every ZeRO stage once. Llama's 2 KV heads cannot be split by TP=2 x Ulysses=2, so that one is GPT's.
+# (family, name, world size, flag overrides, ZeRO stage). Eight runs in all (the suite's time budget), chosen
+# so that each algorithm runs with both families (learned positions and RoPE + GQA), each with TP=2, every
+# ZeRO stage once, and ring CP with PP=2 under the 1F1B schedule. Llama's 2 KV heads cannot be split by
+# TP=2 x Ulysses=2, so that one is GPT's.
 CASES = [
     ("llama", "ring_cp2_zero1", 2, {"context_parallel_size": 2}, 1),
     ("gpt", "ring_cp2_zero2", 2, {"context_parallel_size": 2}, 2),
     ("llama", "ulysses2_zero3", 2, {"ds_sequence_parallel_size": 2}, 3),
     ("llama", "tp2_ring_cp2_zero0", 4, {"tensor_model_parallel_size": 2, "context_parallel_size": 2}, 0),
     ("gpt", "tp2_ulysses2_zero0", 4, {"tensor_model_parallel_size": 2, "ds_sequence_parallel_size": 2}, 0),
+    ("llama", "pp2_ring_cp2_1f1b_zero1", 4, {"pipeline_model_parallel_size": 2, "pipeline_schedule": "1f1b",
+                                            "context_parallel_size": 2}, 1),
 ]
 # ZeRO-3's own gradient norm drifts from one rank's by up to 1.5e-4 relative by step 9 *without* CP too
 # (measured: DP=2 ZeRO-3 on this model, 1.47e-4 at step 9, the same digits as Ulysses/ring CP=2 ZeRO-3), so
