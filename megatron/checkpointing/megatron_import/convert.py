@@ -56,15 +56,16 @@ def _carry_tokenizer(settings: dict, save_dir: str, given: bool, log):
     return tokenizer, settings
 
 
-def read_whole_weights(source, fields: dict, model, order: str):
-    """Every tensor of ``source`` merged over its TP/PP ranks, in our names (vocabulary still padded)."""
+def read_whole_weights(source, fields: dict, model, order: str, state_key: str = "fp32"):
+    """Every tensor of ``source`` merged over its TP/PP ranks, in our names (vocabulary still padded);
+    ``state_key`` exp_avg / exp_avg_sq reads a universal source's Adam moments through the same mapping."""
     tp, pp = parallel_sizes(source.args)
     if source.kind == "megatron-lm" and fields["num_layers"] % pp:
         raise CheckpointError(f"{source.folder}: {fields['num_layers']} layers over {pp} pipeline stages is an "
                               f"uneven split; importing one is not implemented")
     layers_per_stage = fields["num_layers"] // pp
     ranks = {}
-    for pp_rank, tp_rank, state in rank_states(source):
+    for pp_rank, tp_rank, state in rank_states(source, state_key):
         pipeline_names = source.kind == "megds-pipeline" or (source.kind == "megds-universal"
                                                              and universal_pipeline_names(state))
         offset = 0 if pipeline_names else pp_rank * layers_per_stage
