@@ -17,7 +17,7 @@ from typing import Optional
 
 from megatron.checkpointing.megatron_import.direct_load import (IMPORT_FOLDER, check_same_model, ensure_imported,
                                                                 is_megatron_checkpoint)
-from megatron.checkpointing.megatron_import.sources import detect_megatron_checkpoint
+from megatron.checkpointing.megatron_import.sources import detect_megatron_checkpoint, open_megatron_checkpoint
 from megatron.checkpointing.manifest import (compare_parameters, file_problems, manifest_layout, raise_file_problems,
                                              read_manifest)
 from megatron.checkpointing.parameters import global_parameter_table, model_name_function
@@ -147,18 +147,26 @@ def _load_megatron_import(wrapper, engine, load_dir: str, *, finetune: bool, no_
     """A Megatron-DeepSpeed / Megatron-LM folder, through a copy converted once next to it: a ds_to_universal
     folder resumes (weights, Adam moments and step, iteration, samples, LR position); others give weights only."""
     kind = detect_megatron_checkpoint(load_dir)
-    refusal = (f"{load_dir} is a Megatron checkpoint ({kind}) whose optimizer state is partitioned by its own "
-               f"ZeRO groups, which do not map onto this model's: run Megatron-DeepSpeed's ds_to_universal on it "
-               f"first to carry the optimizer state and resume (python -m deepspeed.checkpoint.ds_to_universal "
-               f"--input_folder {load_dir}/global_stepN --output_folder {load_dir}/global_stepN_universal), or "
-               f"pass --finetune to start from its weights at iteration 0")
+    if kind == "megatron-lm":
+        refusal = (f"{load_dir} is a Megatron-LM checkpoint: megatron-ds imports its weights only (its optimizer "
+                   f"state is laid out by Megatron-LM's own buffers, which do not map onto this model's), so pass "
+                   f"--finetune to start from them at iteration 0")
+    else:
+        tag = os.path.basename(open_megatron_checkpoint(load_dir).folder) if kind else "global_stepN"
+        refusal = (f"{load_dir} is a Megatron-DeepSpeed checkpoint ({kind}) whose optimizer state is partitioned "
+                   f"by its own ZeRO groups, which do not map onto this model's: run Megatron-DeepSpeed's "
+                   f"ds_to_universal on it first to carry the optimizer state and resume (python -m "
+                   f"deepspeed.checkpoint.ds_to_universal --input_folder {os.path.join(load_dir, tag)} "
+                   f"--output_folder {os.path.join(load_dir, tag)}_universal), or pass --finetune to start from "
+                   f"its weights at iteration 0")
     if not finetune and kind != "megds-universal":
         raise CheckpointError(refusal)
     record = ensure_imported(load_dir, log=log)
     check_same_model(getattr(engine.module, "config", None), record["model"], load_dir)
     if not finetune and not record.get("optimizer"):
-        raise CheckpointError(refusal.replace("whose optimizer state is partitioned by its own ZeRO groups, which "
-                                              "do not map onto this model's", "without exp_avg / exp_avg_sq files"))
+        raise CheckpointError(f"{record['source']} is a ds_to_universal folder without exp_avg.pt / exp_avg_sq.pt "
+                              f"files (no optimizer state to resume from): convert a checkpoint saved with its "
+                              f"optimizer state, or pass --finetune to start from its weights at iteration 0")
     folder = os.path.join(load_dir, IMPORT_FOLDER)
     load_optimizer = not (finetune or no_load_optim)
     load_universal_into_engine(engine, folder, load_optimizer=load_optimizer,
