@@ -232,6 +232,10 @@ def save_checkpoint(engine, save_dir: str, *, iteration: int, consumed_train_sam
         "universal_checkpoint_info": global_universal_checkpoint_info(engine.module),
         "iteration": iteration,
     }
+    if getattr(engine, "has_moe_layers", False):
+        # DeepSpeed's MoE save path writes the module's own universal_checkpoint_info (the whole model's: MoE
+        # runs have no pipeline) and refuses the key in client_state.
+        client_state.pop("universal_checkpoint_info")
     if engine.zero_optimization_stage() == 3:
         ensure_adam_state(engine)  # a ZeRO-3 save before the first step would have empty optimizer shards
     try:

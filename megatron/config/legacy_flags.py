@@ -235,7 +235,7 @@ LEGACY_FLAGS: Dict[str, LegacyFlag] = {
                                 check=_only(["uniform"], "full recomputation checkpoints every layer")),
     "--sample-rate": _noop("every document of --data-path is used", VALUE,
                            check=_only(["1.0", "1"], "dataset subsampling is not implemented; blend with weights")),
-    "--use-tutel": _refuse("Tutel MoE kernels are not used; MoE layers are DeepSpeed's"),
+    "--use-tutel": _refuse("Tutel MoE kernels are not used; MoE layers are megatron/model/moe (a loop over local experts)"),
     "--head-lr-mult": _refuse(_NOT_GPT, VALUE),
     "--decoder-num-layers": _refuse(_NOT_GPT, VALUE),
     "--decoder-seq-length": _refuse(_NOT_GPT, VALUE),

@@ -17,6 +17,9 @@ FAMILY_PRESETS: Dict[str, Dict[str, Any]] = {
                   add_bias_linear=False, untie_embeddings_and_output_weights=True,
                   attention_dropout=0.0, hidden_dropout=0.0),
 }
+# Mixtral: Llama blocks whose MLPs are 8 SwiGLU experts, 2 per token, softmax over the chosen two.
+FAMILY_PRESETS["mixtral"] = dict(FAMILY_PRESETS["llama"], num_experts=(8,), moe_router_topk=2,
+                                 moe_router_pre_softmax=False)
 
 
 def default_ffn_hidden_size(hidden_size: int, swiglu: bool) -> Optional[int]:
@@ -34,8 +37,8 @@ class ModelConfig:
     """Model shape and architecture. Fields left unset are derived when the config is built."""
 
     model_family: str = option("gpt", "Preset of architectural choices: gpt (learned positions, LayerNorm, "
-                               "GeLU, biases, tied embeddings) or llama (RoPE, RMSNorm, SwiGLU, no biases, "
-                               "untied). Explicit flags override the preset.",
+                               "GeLU, biases, tied embeddings), llama (RoPE, RMSNorm, SwiGLU, no biases, "
+                               "untied) or mixtral (llama with 8 experts per layer, top-2 routing). Explicit flags override the preset.",
                                choices=tuple(FAMILY_PRESETS))
     num_layers: int = option(None, "Number of transformer layers.", minimum=1, required=True)
     hidden_size: int = option(None, "Transformer hidden size.", minimum=1, required=True)

@@ -9,12 +9,14 @@ from megatron.config.data_logging_checkpoint import CheckpointConfig, DataConfig
 from megatron.config.errors import ConfigError
 from megatron.config.memory import PrecisionConfig, RecomputeConfig, ZeroConfig
 from megatron.config.model import ModelConfig
+from megatron.config.moe import MoEConfig
 from megatron.config.parallel import ParallelConfig
 from megatron.config.training import TrainingConfig
 
 # (attribute on RunConfig, group class), in the order the reference documents them.
 GROUPS: Tuple[Tuple[str, type], ...] = (
     ("model", ModelConfig),
+    ("moe", MoEConfig),
     ("parallel", ParallelConfig),
     ("training", TrainingConfig),
     ("precision", PrecisionConfig),
@@ -38,6 +40,7 @@ class RunConfig:
     checkpoint's copy comes back with from_dict()."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)

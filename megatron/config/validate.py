@@ -22,6 +22,8 @@ def validate(config: "RunConfig") -> None:
         _check_fields(getattr(config, name))
     _check_parallel_layout(config)
     _check_model(config)
+    _check_moe(config)
+    _check_context_parallel(config)
     _check_pipeline(config)
     _check_memory(config)
     _check_training(config)
@@ -52,21 +54,27 @@ def _check_fields(group) -> None:
 def _check_parallel_layout(config: "RunConfig") -> None:
     p = config.parallel
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
-    if p.world_size % (tp * pp):
-        raise ConfigError(f"world size {p.world_size} is not divisible by tensor-parallel {tp} x "
-                          f"pipeline-parallel {pp} = {tp * pp}; change --tensor-model-parallel-size / "
-                          f"--pipeline-model-parallel-size or the number of ranks")
-    if p.data_parallel_size != p.world_size // (tp * pp):
+    if p.context_parallel_size > 1 and p.ds_sequence_parallel_size > 1:
+        raise ConfigError(f"--context-parallel-size {p.context_parallel_size} (ring attention) and "
+                          f"--ds-sequence-parallel-size {p.ds_sequence_parallel_size} (Ulysses) both split the "
+                          f"sequence over the same context-parallel axis; combining them is not supported: keep "
+                          f"one of the two")
+    cp = p.context_parallel_axis_size
+    if p.world_size % (tp * pp * cp):
+        what = f"tensor-parallel {tp} x pipeline-parallel {pp}" + (f" x context-parallel {cp}" if cp > 1 else "")
+        raise ConfigError(f"world size {p.world_size} is not divisible by {what} = {tp * pp * cp}; change "
+                          f"--tensor-model-parallel-size / --pipeline-model-parallel-size"
+                          + (" / --context-parallel-size / --ds-sequence-parallel-size" if cp > 1 else "")
+                          + " or the number of ranks")
+    if p.data_parallel_size != p.world_size // (tp * pp * cp):
         raise ConfigError(f"data_parallel_size {p.data_parallel_size} != world size {p.world_size} / "
-                          f"(TP {tp} x PP {pp}); leave it unset to derive it")
+                          f"(TP {tp} x PP {pp}" + (f" x CP {cp}" if cp > 1 else "")
+                          + "); leave it unset to derive it")
     ep = p.expert_model_parallel_size
     if p.data_parallel_size % ep:
         raise ConfigError(f"--expert-model-parallel-size {ep} does not divide the data-parallel size "
                           f"{p.data_parallel_size} (experts are carved out of data-parallel ranks); use a "
                           f"divisor of {p.data_parallel_size}")
-    if ep > 1 and config.zero.stage == 3:
-        raise ConfigError(f"--expert-model-parallel-size {ep} with ZeRO-3: DeepSpeed MoE refuses ZeRO stage 3; "
-                          f"use ZeRO-2 or lower")
     if p.sequence_parallel and tp == 1:
         # Megatron silently turns it off; an error tells the user the flag bought nothing.
         raise ConfigError("--sequence-parallel needs --tensor-model-parallel-size > 1 (it splits activations "
@@ -109,6 +117,106 @@ def _check_model(config: "RunConfig") -> None:
             m.padded_vocab_size < m.vocab_size or m.padded_vocab_size % tp):
         raise ConfigError(f"padded_vocab_size {m.padded_vocab_size} must be >= vocab_size {m.vocab_size} and "
                           f"divisible by TP {tp}; leave it unset to derive it")
+
+
+def _check_moe(config: "RunConfig") -> None:
+    moe, p = config.moe, config.parallel
+    ep, tp = p.expert_model_parallel_size, p.tensor_model_parallel_size
+    if not moe.enabled:
+        changed = ["/".join((flag_of(f),) + f.metadata["aliases"]) for f in dataclasses.fields(moe)
+                   if f.name not in ("num_experts", "create_moe_param_group", "moe_eval_capacity_factor")
+                   and getattr(moe, f.name) != f.default]
+        if ep > 1:
+            changed.insert(0, f"--expert-model-parallel-size {ep}")
+        if changed:
+            raise ConfigError(f"{', '.join(changed)} configure Mixture-of-Experts layers, but --num-experts is not "
+                              f"set, so the model is dense and they would do nothing; add --num-experts N (or "
+                              f"--model-family mixtral), or drop them")
+        return
+    counts, layers = moe.num_experts, config.model.num_layers
+    moe_layers = len(range(0, layers, moe.moe_layer_freq))
+    if any(not isinstance(n, int) or n < 1 for n in counts):
+        raise ConfigError(f"--num-experts {' '.join(map(str, counts))}: every value must be a positive integer")
+    if len(counts) not in (1, moe_layers):
+        raise ConfigError(f"--num-experts got {len(counts)} values, but the model has {moe_layers} MoE layers "
+                          f"(--num-layers {layers}, --moe-layer-freq {moe.moe_layer_freq}); give one value, or "
+                          f"one per MoE layer")
+    if len(set(counts)) > 1:
+        raise ConfigError(f"--num-experts {' '.join(map(str, counts))}: different expert counts per layer are not "
+                          f"built here; give every MoE layer the same number of experts")
+    experts = counts[0]
+    if experts % ep:
+        raise ConfigError(f"--num-experts {experts} is not divisible by --expert-model-parallel-size {ep}; every "
+                          f"expert-parallel rank holds the same number of experts, so choose an EP that divides "
+                          f"{experts}")
+    if moe.moe_router_topk > experts:
+        raise ConfigError(f"--moe-router-topk {moe.moe_router_topk} exceeds --num-experts {experts}; a token "
+                          f"cannot go to more experts than exist: lower the top-k")
+    if moe.expert_tensor_parallel_size != 1:
+        raise ConfigError(f"--expert-tensor-parallel-size {moe.expert_tensor_parallel_size}: expert tensor "
+                          f"parallelism is not built; experts are replicated over the tensor-parallel ranks "
+                          f"(use 1, with --sequence-parallel when TP > 1)")
+    if tp > 1 and not p.sequence_parallel:
+        raise ConfigError(f"MoE layers with --tensor-model-parallel-size {tp} need --sequence-parallel: experts "
+                          f"are replicated over TP and each TP rank routes its own slice of the sequence")
+    if moe.moe_pad_expert_input_to_capacity and moe.moe_expert_capacity_factor is None:
+        raise ConfigError("--moe-pad-expert-input-to-capacity needs --moe-expert-capacity-factor (dropless "
+                          "routing has no capacity to pad to)")
+    if ep > 1 and config.zero.stage == 0 and config.training.clip_grad > 0:
+        # Measured: DeepSpeed's ZeRO-0 fp32 clipping computes the norm from per-rank expert norms averaged over
+        # ranks, so clipped runs drift from the single-rank run (7e-4 after 10 steps in tests/moe).
+        raise ConfigError(f"--expert-model-parallel-size {ep} with ZeRO-0 and --clip-grad "
+                          f"{config.training.clip_grad}: DeepSpeed's ZeRO-0 clipping miscounts expert gradients "
+                          f"across expert-parallel ranks; use ZeRO-1 or ZeRO-2, or --clip-grad 0")
+    if config.recompute.recompute_granularity == "full" and (moe.moe_aux_loss_coeff or moe.moe_z_loss_coeff):
+        # Full recomputation runs the first forward without autograd: the aux losses kept from it have no graph.
+        raise ConfigError("--recompute-granularity full with MoE aux/z losses (--moe-aux-loss-coeff, "
+                          "--moe-z-loss-coeff) is not supported: the recomputed layers' losses would get no "
+                          "gradient; use --recompute-granularity selective, or set both coefficients to 0")
+    if config.checkpoint.universal_checkpoint:
+        raise ConfigError("MoE layers (--num-experts) with --universal-checkpoint: resharding MoE checkpoints "
+                          "(across EP, TP, PP or ZeRO) is not supported yet; resume in the layout that saved")
+    if config.zero.stage == 3:
+        raise ConfigError("MoE layers (--num-experts) with ZeRO-3 are not supported yet: ZeRO-3 would partition "
+                          "each rank's own experts over the whole data-parallel group; use ZeRO-1 or ZeRO-2")
+    if p.pipeline_model_parallel_size > 1:
+        raise ConfigError(f"MoE layers (--num-experts) with --pipeline-model-parallel-size "
+                          f"{p.pipeline_model_parallel_size} are not supported yet (the pipeline stages do not "
+                          f"carry expert parameter groups and aux losses); use PP 1")
+def _check_context_parallel(config: "RunConfig") -> None:
+    """Ring attention (--context-parallel-size) and Ulysses (--ds-sequence-parallel-size) preconditions."""
+    p, m = config.parallel, config.model
+    ring, ulysses, tp = p.context_parallel_size, p.ds_sequence_parallel_size, p.tensor_model_parallel_size
+    if ring > 1 and m.seq_length % (2 * ring):
+        raise ConfigError(f"--seq-length {m.seq_length} is not divisible by 2 x --context-parallel-size {ring} "
+                          f"= {2 * ring}; ring attention cuts every sequence into 2 CP equal zig-zag chunks "
+                          f"(for causal load balance): use a multiple of {2 * ring}")
+    if ulysses > 1:
+        if m.seq_length % ulysses:
+            raise ConfigError(f"--seq-length {m.seq_length} is not divisible by --ds-sequence-parallel-size "
+                              f"{ulysses}; each Ulysses rank holds an equal share of the sequence")
+        heads, kv_heads = m.num_attention_heads // tp, m.num_key_value_heads // tp
+        if heads % ulysses or kv_heads % ulysses:
+            raise ConfigError(
+                f"--ds-sequence-parallel-size {ulysses} must divide the attention heads per tensor-parallel "
+                f"rank: --num-attention-heads {m.num_attention_heads} / TP {tp} = {heads} query heads and "
+                f"--num-key-value-heads {m.num_key_value_heads} / TP {tp} = {kv_heads} key/value heads; Ulysses "
+                f"gives each rank whole heads. Choose a degree dividing both, or change TP or the head counts")
+    degree = p.context_parallel_axis_size
+    if degree == 1:
+        return
+    flag = "--context-parallel-size" if ring > 1 else "--ds-sequence-parallel-size"
+    if m.attention_dropout > 0:
+        raise ConfigError(f"{flag} {degree} with --attention-dropout {m.attention_dropout}: context-parallel "
+                          f"attention computes the softmax blockwise (ring) or through all-to-all (Ulysses) "
+                          f"and draws no dropout mask on the probabilities; set --attention-dropout 0 (Llama "
+                          f"recipes already do)")
+    # The ops are built and tested (tests/context_parallel/test_attention_ops.py); the model, data sharding,
+    # loss normalisation over DP x CP and the checkpoints are not wired to them yet, so a run would be wrong.
+    raise ConfigError(f"{flag} {degree}: context-parallel attention ops exist (megatron.model.context_parallel) "
+                      f"but whole-model training does not use them yet (attention, global positions, the "
+                      f"per-rank data shard and the global-token loss are not wired); run with {flag} 1, or "
+                      f"use --sequence-parallel inside tensor parallelism to cut activation memory")
 
 
 def _check_pipeline(config: "RunConfig") -> None:

@@ -87,6 +87,9 @@ def load_model_for_inference(load_dir: str, dtype: str = "fp32") -> LoadedModel:
     folder = resolve_checkpoint_folder(load_dir)
     manifest = read_manifest(folder)
     run_config = stored_run_config(manifest, folder)
+    if run_config.moe.enabled:
+        raise CheckpointError(f"checkpoint {folder} holds Mixture-of-Experts layers (--num-experts "
+                              f"{run_config.moe.experts}); generation from MoE checkpoints is not supported yet")
     tp = ps.get_tensor_model_parallel_world_size()
     model_config = run_config.model
     padded = pad_vocab_size(model_config.vocab_size, model_config.make_vocab_size_divisible_by, tp)

@@ -62,6 +62,8 @@ class GPTModel(nn.Module):
         layer_offset: global index of this model's first layer (a pipeline stage's), so that its layers get
             the initial values of those layers of the whole model.
         init_seed: the run's seed (--seed); with the parameter names it fixes every initial value.
+        moe_config: a megatron.config.moe.MoEConfig; with --num-experts, every --moe-layer-freq-th layer's MLP
+            is a Mixture-of-Experts layer.
 
     ``universal_checkpoint_info`` is a dict attribute, not a method: DeepSpeed 0.19's engine stores
     ``getattr(module, "universal_checkpoint_info")`` in every checkpoint it saves, and a bound method there
@@ -71,7 +73,7 @@ class GPTModel(nn.Module):
     def __init__(self, config, *, sequence_parallel: bool = False, recompute_granularity: Optional[str] = None,
                  partition_activations: bool = False, params_dtype: torch.dtype = torch.float32,
                  pre_process: bool = True, post_process: bool = True, num_layers: Optional[int] = None,
-                 layer_offset: int = 0, init_seed: int = DEFAULT_INIT_SEED):
+                 layer_offset: int = 0, init_seed: int = DEFAULT_INIT_SEED, moe_config=None):
         super().__init__()
         validate_model_config(config)
         check_transformer_engine_request(config)
@@ -92,6 +94,7 @@ class GPTModel(nn.Module):
         self.pre_process, self.post_process = pre_process, post_process
         self.recompute_granularity = recompute_granularity
         self.layer_offset = layer_offset
+        self.moe_config = moe_config if moe_config is not None and moe_config.enabled else None
         self.vocab_size = original_vocab_size(config)
         with deferred_initialization():
             self._build(config, params_dtype, config.num_layers if num_layers is None else num_layers)
@@ -104,8 +107,9 @@ class GPTModel(nn.Module):
         self.layers = nn.ModuleList(
             TransformerLayer(config, sequence_parallel=self.sequence_parallel,
                              recompute_core_attention=self.recompute_granularity == "selective",
-                             params_dtype=params_dtype)
-            for _ in range(num_layers))
+                             params_dtype=params_dtype, moe=self.moe_config,
+                             layer_number=self.layer_offset + index)
+            for index in range(num_layers))
         if self.post_process:
             self.final_norm = build_norm(config, sequence_parallel=self.sequence_parallel, params_dtype=params_dtype)
             if not self.tied_output:

@@ -23,12 +23,14 @@ class TransformerLayer(nn.Module):
 
     Args:
         recompute_core_attention: selective recomputation of the attention core (see recompute.py).
+        moe / layer_number: a MoEConfig and this layer's index in the whole model; MoE layers (every
+            --moe-layer-freq-th) get a megatron.model.moe.MoELayer as their ``mlp``.
             Full-layer recomputation is applied around the layer by its owner (GPTModel, or the pipeline
             engine's own activation checkpointing).
     """
 
     def __init__(self, config, *, sequence_parallel: bool = False, recompute_core_attention: bool = False,
-                 params_dtype: torch.dtype = torch.float32):
+                 params_dtype: torch.dtype = torch.float32, moe=None, layer_number: int = 0):
         super().__init__()
         sequence_parallel = effective_sequence_parallel(sequence_parallel)
         self.sequence_parallel = sequence_parallel
@@ -39,7 +41,13 @@ class TransformerLayer(nn.Module):
                                             params_dtype=params_dtype)
         self.post_attention_norm = build_norm(config, sequence_parallel=sequence_parallel,
                                               params_dtype=params_dtype)
-        self.mlp = MLP(config, sequence_parallel=sequence_parallel, params_dtype=params_dtype)
+        if moe is not None and moe.is_moe_layer(layer_number):
+            # The MoE layer takes the MLP's place (and name), as in Megatron-LM.
+            from megatron.model.moe import MoELayer
+
+            self.mlp = MoELayer(config, moe, sequence_parallel=sequence_parallel, params_dtype=params_dtype)
+        else:
+            self.mlp = MLP(config, sequence_parallel=sequence_parallel, params_dtype=params_dtype)
 
     def _dropout(self, x: torch.Tensor) -> torch.Tensor:
         # The residual stream is replicated across TP ranks unless sequence parallelism splits it.

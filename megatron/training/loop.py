@@ -18,6 +18,9 @@ from megatron.core import comm
 from megatron.core import parallel_state as ps
 from megatron.core.grad_norm import global_grad_norm
 from megatron.pipeline import is_pipeline, pipeline_evaluate, pipeline_train_step
+from megatron.model.moe import collect_aux_losses
+from megatron.model.moe.moe_layer import moe_layers
+from megatron.training.moe_metrics import MoEMetrics
 from megatron.training.progress_log import ProgressLog
 
 
@@ -30,7 +33,11 @@ def batch_loss(engine, batch: dict) -> torch.Tensor:
     if kept.item() == 0:
         raise ValueError("a micro-batch has an all-zero loss mask (every token is masked, e.g. by --eod-mask-loss "
                          "on documents shorter than 2 tokens); check the data or drop --eod-mask-loss")
-    return (per_token.float() * loss_mask).sum() / kept
+    loss = (per_token.float() * loss_mask).sum() / kept
+    aux = collect_aux_losses(engine.module)
+    # MoE load-balancing and z losses of this forward (zero outside training) join the loss here, so they
+    # reach the backward with the same 1/GAS scaling DeepSpeed gives the LM loss.
+    return loss if aux is None else loss + aux
 
 
 def _data_parallel_mean(value: float) -> float:
@@ -51,7 +58,7 @@ class TrainState:
 
 
 def train_step(engine, micro_batches: Iterator[dict], gradient_accumulation_steps: int,
-               explicit_boundaries: bool = False):
+               explicit_boundaries: bool = False, moe_metrics: Optional[MoEMetrics] = None):
     """Runs one global batch; returns (mean loss over DP and micro-batches, grad norm, skipped).
 
     explicit_boundaries: tell the engine which micro-batch ends the step, instead of letting it count
@@ -65,6 +72,8 @@ def train_step(engine, micro_batches: Iterator[dict], gradient_accumulation_step
         if explicit_boundaries:
             engine.set_gradient_accumulation_boundary(index == gradient_accumulation_steps - 1)
         loss = batch_loss(engine, next(micro_batches))
+        if moe_metrics is not None:
+            moe_metrics.add_micro_batch(engine.module)
         engine.backward(loss)
         if engine.is_gradient_accumulation_boundary() and zero_stage == 0 and not _mixed_precision(engine):
             # DeepSpeed clips an fp32 ZeRO-0 model without reporting the norm; measure the reduced grads.
@@ -163,6 +172,7 @@ def train(engine, *, state: TrainState, train_iters: int, gradient_accumulation_
     tokens_per_sample reach it (Megatron-DeepSpeed's --train-tokens)."""
     start_time = time.monotonic()
     guard = DivergenceGuard(max_skipped_steps, _has_dynamic_loss_scale(engine))
+    moe_metrics = MoEMetrics() if moe_layers(engine.module) and not is_pipeline(engine) else None
     while state.iteration < train_iters:
         if train_tokens is not None and state.consumed_train_samples * tokens_per_sample >= train_tokens:
             break
@@ -170,7 +180,8 @@ def train(engine, *, state: TrainState, train_iters: int, gradient_accumulation_
             global_batch_size = batch_size_at(state.consumed_train_samples)
             gradient_accumulation_steps = set_global_batch(engine, global_batch_size)
         loss, grad_norm, skipped = train_step(engine, train_batches, gradient_accumulation_steps,
-                                              explicit_boundaries=batch_size_at is not None)
+                                              explicit_boundaries=batch_size_at is not None,
+                                              moe_metrics=moe_metrics)
         state.iteration += 1
         state.consumed_train_samples += global_batch_size
         state.global_batch_size = global_batch_size
@@ -179,7 +190,8 @@ def train(engine, *, state: TrainState, train_iters: int, gradient_accumulation_
         # Only fp16 has a dynamic loss scale; DeepSpeed reports 1.0 otherwise, which would read as a value.
         loss_scale = engine._get_optimizer_loss_scale() if engine.fp16_enabled() else None
         progress.record_step(state.iteration, loss, engine.get_lr()[0], grad_norm, loss_scale, skipped,
-                             consumed_samples=state.consumed_train_samples, batch_size=global_batch_size)
+                             consumed_samples=state.consumed_train_samples, batch_size=global_batch_size,
+                             moe=moe_metrics.step_figures() if moe_metrics is not None else None)
 
         if eval_interval and valid_batches is not None and state.iteration % eval_interval == 0:
             progress.record_eval(state.iteration, evaluate(engine, valid_batches(),

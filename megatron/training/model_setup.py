@@ -12,7 +12,7 @@ def build_model(config: RunConfig):
     return GPTModel(config.model, sequence_parallel=config.parallel.sequence_parallel,
                     recompute_granularity=config.recompute.recompute_granularity,
                     partition_activations=config.recompute.partition_activations,
-                    init_seed=config.training.seed)
+                    init_seed=config.training.seed, moe_config=config.moe)
 
 
 def flops_per_iteration(config: RunConfig, global_batch_size: int) -> float:

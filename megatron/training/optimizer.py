@@ -5,16 +5,32 @@ from typing import Dict, List
 import torch
 
 
+def _is_expert(param) -> bool:
+    # DeepSpeed's mark for parameters reduced over the expert-data-parallel group (megatron/model/moe/experts.py)
+    return getattr(param, "allreduce", True) is False
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> List[Dict]:
-    """Two groups: weight matrices decay, biases and norm weights (all 1-D parameters) do not."""
-    decay, no_decay = [], []
+    """Weight matrices decay, biases and norm weights (all 1-D parameters) do not.
+
+    MoE expert parameters go into groups of their own, following DeepSpeed's convention (``moe: True`` and
+    the expert group's ``name``): ZeRO partitions those over the expert-data-parallel ranks only.
+    """
+    groups: Dict[tuple, Dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.dim() == 1 or name.endswith(".bias") else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
-              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
-    return [group for group in groups if group["params"]]
+        decays = not (param.dim() == 1 or name.endswith(".bias"))
+        expert = param.group_name if _is_expert(param) else None
+        key = (decays, expert)
+        if key not in groups:
+            label = "decay" if decays else "no_decay"
+            groups[key] = {"params": [], "weight_decay": weight_decay if decays else 0.0, "name": label}
+            if expert is not None:
+                groups[key].update(name=expert, moe=True)
+        groups[key]["params"].append(param)
+    order = sorted(groups, key=lambda key: (key[1] is not None, key[1] or "", not key[0]))
+    return [groups[key] for key in order]
 
 
 def build_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float, betas, eps: float,

@@ -67,11 +67,12 @@ class ProgressLog:
 
     def _reset_interval(self):
         self._losses, self._skipped, self._steps = [], 0, 0
+        self._moe_aux, self._moe_load = [], None
         self._interval_start = time.perf_counter()
 
     def record_step(self, iteration: int, loss: float, lr: float, grad_norm: Optional[float],
                     loss_scale: Optional[float], skipped: bool, consumed_samples: Optional[int] = None,
-                    batch_size: Optional[int] = None):
+                    batch_size: Optional[int] = None, moe: Optional[dict] = None):
         if self.megatron_deepspeed is not None and consumed_samples is not None:
             self.megatron_deepspeed.train_step(
                 iteration, samples=consumed_samples, tokens=consumed_samples * self.tokens_per_sample, loss=loss,
@@ -81,6 +82,11 @@ class ProgressLog:
         if not skipped:
             self._losses.append(loss)
         self._last = {"lr": lr, "grad_norm": grad_norm, "loss_scale": loss_scale}
+        if moe is not None:
+            # MoE: the aux (+ z) loss apart from the LM loss, and the last step's expert load per layer.
+            if not skipped:
+                self._moe_aux.append(moe["moe_aux_loss"])
+            self._moe_load = {key: value for key, value in moe.items() if key != "moe_aux_loss"}
         if iteration % self.log_interval == 0:
             self._emit(iteration)
 
@@ -100,6 +106,9 @@ class ProgressLog:
             "mfu": tflops_per_device / peak if peak else None,
             **memory_figures(),
         }
+        if self._moe_load is not None:
+            aux = sum(self._moe_aux) / len(self._moe_aux) if self._moe_aux else float("nan")
+            record.update(lm_loss=record["loss"] - aux, moe_aux_loss=aux, **self._moe_load)
         self.history.append(record)
         if self.is_writer:
             self.printer(_format_line(record))
@@ -125,6 +134,9 @@ class ProgressLog:
             for key, value in record.items():
                 if key != "iteration" and isinstance(value, (int, float)) and value is not None:
                     self.tensorboard.add_scalar(f"{kind}/{key}", value, record["iteration"])
+                elif isinstance(value, list):  # MoE tokens per expert: one scalar per expert
+                    for index, item in enumerate(value):
+                        self.tensorboard.add_scalar(f"{kind}/{key}/{index}", item, record["iteration"])
         if self.tensorboard is not None:
             self.tensorboard.flush()
 
@@ -147,4 +159,13 @@ def _format_line(record: dict) -> str:
             f" | skipped {record['skipped_steps']} | {record['seconds_per_iteration'] * 1000:.0f} ms/it"
             f" | tokens/s {record['tokens_per_second']:.0f} | TFLOP/s/device {record['tflops_per_device']:.4f}"
             f" | MFU {optional(record['mfu'] * 100 if record['mfu'] is not None else None, '.1f')}%"
-            f" | {memory}")
+            f" | {memory}" + _moe_text(record))
+
+
+def _moe_text(record: dict) -> str:
+    if "moe_aux_loss" not in record:
+        return ""
+    loads = " | ".join(f"{key[:-len('_tokens_per_expert')]} tokens/expert {record[key]} dropped "
+                       f"{record[key[:-len('_tokens_per_expert')] + '_dropped']}"
+                       for key in record if key.endswith("_tokens_per_expert"))
+    return f" | lm loss {record['lm_loss']:.4f} | aux loss {record['moe_aux_loss']:.4f} | {loads}"

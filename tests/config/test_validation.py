@@ -54,8 +54,9 @@ CASES = {
                                       "supports ZeRO-0/1; use --pipeline-schedule 1f1b"),
     "expert_parallel_not_dividing_dp": (["--expert-model-parallel-size", "3"], 4,
                                         "--expert-model-parallel-size 3 does not divide the data-parallel size 4"),
-    "expert_parallel_with_zero3": (["--expert-model-parallel-size", "2", "--zero-stage", "3"], 2,
-                                   "--expert-model-parallel-size 2 with ZeRO-3"),
+    "expert_parallel_without_experts": (["--expert-model-parallel-size", "2"], 2,
+                                        "--expert-model-parallel-size 2 configure Mixture-of-Experts layers, but "
+                                        "--num-experts is not set"),
     "bf16_and_fp16": (["--bf16", "--fp16"], 1, "bf16 and fp16 are both enabled"),
     "partition_without_recompute": (["--partition-activations"], 1,
                                     "--partition-activations needs --recompute-granularity full (or "

@@ -94,10 +94,9 @@ MEGATRON_DEEPSPEED_FLAGS = (
 # Added by the MoE, context-parallel and fault-handling features (other branches); until those are merged they
 # must still fail with a message that names the flag.
 OWNED_ELSEWHERE = {
-    "--num-experts", "--mlp-type", "--topk", "--expert-interval", "--num-experts-switch", "--moe-train-capacity-factor",
-    "--moe-eval-capacity-factor", "--moe-min-capacity", "--moe-loss-coeff", "--create-moe-param-group",
-    "--disable-moe-token-dropping", "--disable-moe-top2-2nd-expert-sampling", "--enable-expert-tensor-parallelism",
-    "--ds-sequence-parallel-size", "--force-ds-sequence-parallel", "--ds-sequence-parallel-fpdt",
+    # MoE flags of Megatron-DeepSpeed without an equivalent here (the others are MoEConfig fields or aliases).
+    "--mlp-type", "--num-experts-switch", "--disable-moe-top2-2nd-expert-sampling", "--enable-expert-tensor-parallelism",
+    "--force-ds-sequence-parallel", "--ds-sequence-parallel-fpdt",
     "--ds-sequence-parallel-fpdt-chunk-size", "--ds-sequence-parallel-fpdt-offloading",
     "--distributed-timeout-minutes", "--exit-signal-handler", "--kill-switch-file", "--exit-on-missing-checkpoint",
 }

@@ -55,6 +55,10 @@ def _tokenizer_ids(data, vocab_size: int) -> Tuple[Optional[int], Optional[int]]
 def hf_state_and_config(weights: Dict[str, torch.Tensor], run_config):
     """(Hugging Face state dict, transformers config) for whole weights of ``run_config``'s model."""
     model = run_config.model
+    if run_config.moe.enabled:
+        # A Mixtral-shaped run would otherwise fit the Llama checks and lose its experts.
+        raise CheckpointError(f"the run has Mixture-of-Experts layers (--num-experts {run_config.moe.experts}); "
+                              f"export to Hugging Face MixtralForCausalLM is not supported yet")
     family = hf_family(model)
     vocab = weights["embedding.word_embeddings.weight"].shape[0]
     if model.vocab_size and vocab != model.vocab_size:

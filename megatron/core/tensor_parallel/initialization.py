@@ -125,7 +125,11 @@ def initialize_parameters(module: nn.Module, seed: int,
                          f"tensor-parallel primitives or call megatron.core.tensor_parallel.declare_init on them")
     for name, param in module.named_parameters():
         spec = param.init_spec
-        generator = torch.Generator().manual_seed(parameter_seed(seed, to_model_name(name)))
+        model_name = to_model_name(name)
+        # A parameter whose module path depends on the layout (an MoE expert's local id) names its
+        # layout-independent identity itself.
+        model_name = getattr(param, "init_name", lambda n: n)(model_name)
+        generator = torch.Generator().manual_seed(parameter_seed(seed, model_name))
         shard = initial_shard(spec, generator)
         with _writable(param):
             if tuple(param.shape) != tuple(shard.shape):
