@@ -202,7 +202,8 @@ def _deepspeed_keys(module, args, tp, pp, dtype):
     return {"module": module, "buffer_names": [], "optimizer": None, "param_shapes": None, "frozen_param_shapes": None,
             "shared_params": {}, "frozen_param_fragments": None, "lr_scheduler": _opt_param_scheduler(),
             "data_sampler": None, "random_ltd": None, "sparse_tensor_module_names": set(), "skipped_steps": 0,
-            "global_steps": ITERATION, "global_samples": ITERATION * GLOBAL_BATCH, "dp_world_size": 1, "mp_world_size": tp,
+            "global_steps": ITERATION, "global_samples": ITERATION * GLOBAL_BATCH, "dp_world_size": 1,
+            "mp_world_size": tp,
             "ds_config": {"train_batch_size": 8, "bf16": {"enabled": dtype == torch.bfloat16}},
             "ds_version": "0.14.0", "args": args, "checkpoint_version": 3.0, "iteration": ITERATION,
             "tokens": ITERATION * GLOBAL_BATCH * 16, "rng_state": _rng_state()}
