@@ -9,7 +9,8 @@ ds_to_universal's rules (vocabulary padding dropped, SwiGLU gate|up, blocked or 
   tokens, and the LR schedule's position;
 - make the next step the AdamW step of those moments: the updated fp32 weights equal a directly computed
   AdamW update from the same weights, moments, gradients and learning rate within 1e-6;
-- differ from a run that loads the same weights with zero moments (--no-load-optim): negative control.
+- differ from a run that loads the same weights with zero moments (--no-load-optim): negative control;
+- at TP=2, give each rank exactly its slice of the moments.
 """
 
 import pytest
@@ -27,6 +28,7 @@ CASES = {
     "llama_gqa_pipeline_tp2_pp2": ("llama_gqa", 2, 2, True, False),
     "llama_fpdt_blocked_qkv_module_tp2": ("llama_bias_tied", 2, 1, False, True),
 }
+NEGATIVE_CONTROL_CASE = "llama_gqa_pipeline_tp2_pp2"  # one case suffices; it costs a second run
 # Our LR schedule in the resumed run: warmup 2 iterations, cosine decay over 100 (the position is restored).
 SCHEDULE = dict(max_lr=3e-4, min_lr=3e-5, warmup_steps=2, decay_steps=100, decay_style="cosine")
 WEIGHT_DECAY = 0.01
@@ -163,6 +165,8 @@ def test_resuming_a_universal_megatron_deepspeed_folder_carries_its_adam_state(c
     print(f"{case}: max |resumed step - direct AdamW step from the carried moments| = {worst:.2e}")
     assert worst <= ADAMW_ATOL, f"{case}: the first resumed step is not AdamW from the carried moments ({worst:.2e})"
 
+    if case != NEGATIVE_CONTROL_CASE:
+        return
     # Negative control: the same weights with zero moments (--no-load-optim) train differently.
     fresh = run_on_ranks(1, resume_one_step, source=source, family=family, carry_optimizer=False)[0]
     assert fresh["losses"][0] == pytest.approx(carried["losses"][0], abs=1e-6)  # same weights before the step
@@ -192,3 +196,43 @@ def test_a_universal_folder_without_moments_resumes_only_with_finetune(tmp_path)
     message = run_on_ranks(1, load_error, source=source, family="llama_bias_tied", finetune=False)[0]
     assert "without exp_avg.pt / exp_avg_sq.pt" in message and "or pass --finetune" in message, message
     assert run_on_ranks(1, load_error, source=source, family="llama_bias_tied", finetune=True)[0] == 0
+
+
+def moments_at_tp2(source, family):
+    """Rank side (two ranks, TP=2, ZeRO-1): --load the Meg-DS folder; this rank's TP slices of the moments,
+    with how each parameter is split."""
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    from megatron.checkpointing import load_checkpoint
+    from megatron.checkpointing.hf.import_hf import hf_run_config
+    from megatron.core import parallel_state as ps
+    from tests.checkpointing.test_hf_conversion import _our_engine
+
+    config = _hf_config(family)
+    config.vocab_size = VOCAB
+    engine = _our_engine(hf_run_config(config.to_dict(), 64), tp=2, zero=1)
+    resumed = load_checkpoint(engine, source, log=lambda _: None)
+    slices = {name: (safe_get_full_optimizer_state(param, "exp_avg_sq").clone(),
+                     getattr(param, "partition_dim", None) if getattr(param, "tensor_model_parallel", False) else None)
+              for name, param in engine.module.named_parameters()}
+    rank = ps.get_tensor_model_parallel_rank()
+    engine.destroy()
+    ps.destroy_model_parallel()
+    return resumed.iteration, rank, slices
+
+
+def test_moments_are_cut_into_tensor_parallel_slices_at_tp2(tmp_path):
+    """The same carried moments loaded at TP=2: each rank holds exactly its slice of the source's moment."""
+    case = "llama_gqa_pipeline_tp2_pp2"
+    source = str(tmp_path / "megatron")
+    _, moments = write_universal_source(case, source)
+    for iteration, rank, slices in run_on_ranks(2, moments_at_tp2, source=source, family=CASES[case][0]):
+        assert iteration == megatron_files.ITERATION
+        for name, (got, dim) in slices.items():
+            whole = moments["exp_avg_sq"][name]
+            if dim is not None:
+                rows = list(got.shape)
+                rows[dim] *= 2
+                whole = _expected_moment(whole, torch.Size(rows)) if dim == 0 else whole
+                whole = whole.chunk(2, dim=dim)[rank]
+            assert torch.equal(got, whole), f"rank {rank}: exp_avg_sq of {name} is not its TP slice"
