@@ -13,4 +13,5 @@ from megatron.model.context_parallel.ring_attention import ring_attention
 from megatron.model.context_parallel.ulysses import ulysses_attention
 from megatron.model.context_parallel.zigzag import zigzag_gather, zigzag_indices, zigzag_shard
 
-__all__ = ["ContextParallelMask", "ring_attention", "ulysses_attention", "zigzag_indices", "zigzag_shard", "zigzag_gather"]
+__all__ = ["ContextParallelMask", "ring_attention", "ulysses_attention", "zigzag_indices", "zigzag_shard",
+           "zigzag_gather"]
