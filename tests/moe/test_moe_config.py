@@ -77,15 +77,3 @@ def test_mixtral_preset_is_llama_with_eight_experts_top2():
     assert [config.moe.is_moe_layer(i) for i in range(4)] == [True] * 4
     every_other = parse_config(BASE + ["--num-experts", "4", "--moe-layer-freq", "2"], world_size=1)
     assert [every_other.moe.is_moe_layer(i) for i in range(4)] == [True, False, True, False]
-
-
-def test_hugging_face_conversion_of_moe_is_refused_both_ways():
-    from megatron.checkpointing.hf.export import hf_state_and_config
-    from megatron.checkpointing.hf.import_hf import model_fields_from_hf
-    from megatron.checkpointing.safe_load import CheckpointError
-
-    config = parse_config(BASE + ["--model-family", "mixtral", "--ffn-hidden-size", "128"], world_size=1)
-    with pytest.raises(CheckpointError, match="export to Hugging Face MixtralForCausalLM is not supported yet"):
-        hf_state_and_config({}, config)
-    with pytest.raises(ValueError, match="model_type 'mixtral' is not convertible"):
-        model_fields_from_hf({"model_type": "mixtral"})
