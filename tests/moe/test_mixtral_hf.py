@@ -129,3 +129,52 @@ def test_mixtral_export_refuses_what_huggingface_cannot_express(flags, cause):
     config = parse_config(BASE + ["--model-family", "mixtral", "--ffn-hidden-size", "128"] + flags, world_size=1)
     with pytest.raises(CheckpointError, match=f"does not fit Hugging Face MixtralForCausalLM: .*{cause}"):
         hf_state_and_config({"embedding.word_embeddings.weight": torch.zeros(VOCAB, 8)}, config)
+
+
+def _train_and_save(values):
+    from megatron.config import resolve_config
+    from megatron.core import comm
+    from megatron.training.pretrain import pretrain
+
+    config = resolve_config(values, deepspeed_config={"zero_optimization": {"stage": 1}},
+                            world_size=comm.get_world_size())
+    pretrain(config, printer=lambda message: None)
+
+
+def _expert_parallel_logits(save_dir):
+    """The saved EP=2 run's logits, computed at EP=2 by our model (independent of the HF mapping)."""
+    import deepspeed
+
+    from megatron.checkpointing import load_checkpoint
+    from megatron.checkpointing.consolidate import resolve_checkpoint_folder
+    from megatron.checkpointing.hf.export import stored_run_config
+    from megatron.checkpointing.manifest import read_manifest
+    from megatron.core import parallel_state as ps
+    from megatron.model import GPTModel
+
+    run_config = stored_run_config(read_manifest(resolve_checkpoint_folder(save_dir)), save_dir)
+    ps.initialize_model_parallel(1, expert_model_parallel_size=2)
+    model = GPTModel(run_config.model, moe_config=run_config.moe)
+    engine, _, _, _ = deepspeed.initialize(model=model, config={
+        "train_micro_batch_size_per_gpu": 1, "train_batch_size": 2, "zero_optimization": {"stage": 0},
+        "steps_per_print": 10 ** 9}, mpu=ps.get_deepspeed_mpu())
+    load_checkpoint(engine, save_dir, finetune=True, log=lambda _: None)
+    logits = _logits(engine)
+    engine.destroy()
+    return logits
+
+
+def test_trained_expert_parallel_mixtral_run_exports_to_transformers(synthetic_corpus, tmp_path):
+    """A Mixtral-family run trained 3 steps at EP=2 x ZeRO-1 (aux loss on), saved, exported from its files."""
+    from tests.moe.test_moe_training import _moe_values
+
+    save_dir, export_dir = str(tmp_path / "ckpt"), str(tmp_path / "exported")
+    values = _moe_values("mixtral", synthetic_corpus, expert_model_parallel_size=2, train_iters=3, save=save_dir,
+                         eval_interval=100)
+    run_on_ranks(2, _train_and_save, values=values)
+    ours = run_on_ranks(2, _expert_parallel_logits, save_dir=save_dir)
+    torch.testing.assert_close(ours[0], ours[1], rtol=0, atol=0)
+    tool("convert_to_hf").main(["--checkpoint", save_dir, "--output", export_dir])
+    theirs, _ = _hf_logits(export_dir)
+    error = (ours[0] - theirs[..., :VOCAB]).abs().max().item()
+    assert error <= LOGITS_ATOL, f"transformers' logits of the exported EP=2 run differ from ours by {error:.2e}"
