@@ -5,7 +5,8 @@
 - that checkpoint -> HF (tools/checkpoint/convert_to_hf.py) -> ``from_pretrained``: every tensor is exactly
   the original; ours -> HF -> ours preserves every tensor exactly;
 - a model initialised by us (Mixtral family, top-2 of 4 experts) exported: transformers' logits equal ours;
-- MoE configurations Mixtral cannot express (sigmoid or pre-softmax router, capacity, shared expert) refused.
+- MoE configurations Mixtral cannot express (sigmoid or pre-softmax router, capacity, shared expert,
+  router expert bias) refused.
 """
 
 import pytest
@@ -121,6 +122,7 @@ def test_our_mixtral_family_run_exports_to_transformers(tmp_path):
     (["--moe-router-pre-softmax"], "sigmoid or pre-softmax router"),
     (["--moe-expert-capacity-factor", "1.0"], "capacity factor"),
     (["--moe-shared-expert-intermediate-size", "16"], "shared expert"),
+    (["--moe-router-enable-expert-bias"], "router expert bias"),
 ])
 def test_mixtral_export_refuses_what_huggingface_cannot_express(flags, cause):
     from megatron.checkpointing.hf.export import hf_state_and_config

@@ -34,7 +34,7 @@ def check_mixtral_layout(model, moe) -> None:
         problems.append("a shared expert")
     if model.add_bias_linear:
         problems.append("linear biases (Mixtral has none)")
-    if getattr(moe, "moe_router_enable_expert_bias", False):
+    if moe.moe_router_enable_expert_bias:
         problems.append("a router expert bias (Mixtral has none)")
     if problems:
         raise ValueError("the MoE model does not fit Hugging Face MixtralForCausalLM: " + "; ".join(problems))
