@@ -23,6 +23,7 @@ def validate(config: "RunConfig") -> None:
     _check_parallel_layout(config)
     _check_model(config)
     _check_moe(config)
+    _check_context_parallel(config)
     _check_pipeline(config)
     _check_memory(config)
     _check_training(config)
@@ -53,13 +54,22 @@ def _check_fields(group) -> None:
 def _check_parallel_layout(config: "RunConfig") -> None:
     p = config.parallel
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
-    if p.world_size % (tp * pp):
-        raise ConfigError(f"world size {p.world_size} is not divisible by tensor-parallel {tp} x "
-                          f"pipeline-parallel {pp} = {tp * pp}; change --tensor-model-parallel-size / "
-                          f"--pipeline-model-parallel-size or the number of ranks")
-    if p.data_parallel_size != p.world_size // (tp * pp):
+    if p.context_parallel_size > 1 and p.ds_sequence_parallel_size > 1:
+        raise ConfigError(f"--context-parallel-size {p.context_parallel_size} (ring attention) and "
+                          f"--ds-sequence-parallel-size {p.ds_sequence_parallel_size} (Ulysses) both split the "
+                          f"sequence over the same context-parallel axis; combining them is not supported: keep "
+                          f"one of the two")
+    cp = p.context_parallel_axis_size
+    if p.world_size % (tp * pp * cp):
+        what = f"tensor-parallel {tp} x pipeline-parallel {pp}" + (f" x context-parallel {cp}" if cp > 1 else "")
+        raise ConfigError(f"world size {p.world_size} is not divisible by {what} = {tp * pp * cp}; change "
+                          f"--tensor-model-parallel-size / --pipeline-model-parallel-size"
+                          + (" / --context-parallel-size / --ds-sequence-parallel-size" if cp > 1 else "")
+                          + " or the number of ranks")
+    if p.data_parallel_size != p.world_size // (tp * pp * cp):
         raise ConfigError(f"data_parallel_size {p.data_parallel_size} != world size {p.world_size} / "
-                          f"(TP {tp} x PP {pp}); leave it unset to derive it")
+                          f"(TP {tp} x PP {pp}" + (f" x CP {cp}" if cp > 1 else "")
+                          + "); leave it unset to derive it")
     ep = p.expert_model_parallel_size
     if p.data_parallel_size % ep:
         raise ConfigError(f"--expert-model-parallel-size {ep} does not divide the data-parallel size "
@@ -178,6 +188,40 @@ def _check_moe(config: "RunConfig") -> None:
         raise ConfigError(f"MoE layers (--num-experts) with --pipeline-model-parallel-size "
                           f"{p.pipeline_model_parallel_size} are not supported yet (the pipeline stages do not "
                           f"carry expert parameter groups and aux losses); use PP 1")
+def _check_context_parallel(config: "RunConfig") -> None:
+    """Ring attention (--context-parallel-size) and Ulysses (--ds-sequence-parallel-size) preconditions."""
+    p, m = config.parallel, config.model
+    ring, ulysses, tp = p.context_parallel_size, p.ds_sequence_parallel_size, p.tensor_model_parallel_size
+    if ring > 1 and m.seq_length % (2 * ring):
+        raise ConfigError(f"--seq-length {m.seq_length} is not divisible by 2 x --context-parallel-size {ring} "
+                          f"= {2 * ring}; ring attention cuts every sequence into 2 CP equal zig-zag chunks "
+                          f"(for causal load balance): use a multiple of {2 * ring}")
+    if ulysses > 1:
+        if m.seq_length % ulysses:
+            raise ConfigError(f"--seq-length {m.seq_length} is not divisible by --ds-sequence-parallel-size "
+                              f"{ulysses}; each Ulysses rank holds an equal share of the sequence")
+        heads, kv_heads = m.num_attention_heads // tp, m.num_key_value_heads // tp
+        if heads % ulysses or kv_heads % ulysses:
+            raise ConfigError(
+                f"--ds-sequence-parallel-size {ulysses} must divide the attention heads per tensor-parallel "
+                f"rank: --num-attention-heads {m.num_attention_heads} / TP {tp} = {heads} query heads and "
+                f"--num-key-value-heads {m.num_key_value_heads} / TP {tp} = {kv_heads} key/value heads; Ulysses "
+                f"gives each rank whole heads. Choose a degree dividing both, or change TP or the head counts")
+    degree = p.context_parallel_axis_size
+    if degree == 1:
+        return
+    flag = "--context-parallel-size" if ring > 1 else "--ds-sequence-parallel-size"
+    if m.attention_dropout > 0:
+        raise ConfigError(f"{flag} {degree} with --attention-dropout {m.attention_dropout}: context-parallel "
+                          f"attention computes the softmax blockwise (ring) or through all-to-all (Ulysses) "
+                          f"and draws no dropout mask on the probabilities; set --attention-dropout 0 (Llama "
+                          f"recipes already do)")
+    # The ops are built and tested (tests/context_parallel/test_attention_ops.py); the model, data sharding,
+    # loss normalisation over DP x CP and the checkpoints are not wired to them yet, so a run would be wrong.
+    raise ConfigError(f"{flag} {degree}: context-parallel attention ops exist (megatron.model.context_parallel) "
+                      f"but whole-model training does not use them yet (attention, global positions, the "
+                      f"per-rank data shard and the global-token loss are not wired); run with {flag} 1, or "
+                      f"use --sequence-parallel inside tensor parallelism to cut activation memory")
 
 
 def _check_pipeline(config: "RunConfig") -> None:
