@@ -173,6 +173,11 @@ def _check_moe(config: "RunConfig") -> None:
         raise ConfigError("--recompute-granularity full with MoE aux/z losses (--moe-aux-loss-coeff, "
                           "--moe-z-loss-coeff) is not supported: the recomputed layers' losses would get no "
                           "gradient; use --recompute-granularity selective, or set both coefficients to 0")
+    if config.recompute.recompute_granularity == "full" and moe.moe_router_enable_expert_bias:
+        # The recomputed forward routes the tokens again: the load behind the bias update would count twice.
+        raise ConfigError("--moe-router-enable-expert-bias with --recompute-granularity full is not supported: "
+                          "the recomputed router would count every token twice in the expert load; use "
+                          "--recompute-granularity selective")
     if config.checkpoint.universal_checkpoint:
         raise ConfigError("MoE layers (--num-experts) with --universal-checkpoint: resharding MoE checkpoints "
                           "(across EP, TP, PP or ZeRO) is not supported yet; resume in the layout that saved")

@@ -19,7 +19,7 @@ from megatron.core import parallel_state as ps
 from megatron.core.grad_norm import global_grad_norm
 from megatron.pipeline import is_pipeline, pipeline_evaluate, pipeline_train_step
 from megatron.model.moe import collect_aux_losses
-from megatron.model.moe.moe_layer import moe_layers
+from megatron.model.moe.moe_layer import moe_layers, update_expert_biases
 from megatron.training.moe_metrics import MoEMetrics
 from megatron.training.progress_log import ProgressLog
 
@@ -89,6 +89,8 @@ def train_step(engine, micro_batches: Iterator[dict], gradient_accumulation_step
             grad_norm = global_grad_norm(engine.module.parameters())
         engine.step()
         total += loss.item()
+    if engine.skipped_steps == skipped_before:
+        update_expert_biases(engine.module)  # aux-loss-free balancing moves after each optimizer step
     if grad_norm is None:
         reported = engine.get_global_grad_norm()
         grad_norm = float(reported) if reported is not None else None
