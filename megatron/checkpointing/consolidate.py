@@ -11,6 +11,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 
 from megatron.checkpointing.manifest import read_manifest, verify_files
+from megatron.checkpointing.moe_weights import is_moe_checkpoint, moe_checkpoint_weights
 from megatron.checkpointing.safe_load import CheckpointError, safe_torch_load
 from megatron.checkpointing.save import read_latest
 from megatron.checkpointing.universal import DONE_MARKER, convert_to_universal
@@ -36,6 +37,9 @@ def consolidated_weights(path: str, *, plain_name: Optional[Callable[[str], str]
     folder = resolve_checkpoint_folder(path)
     manifest = read_manifest(folder)
     verify_files(folder, manifest)
+    if is_moe_checkpoint(folder):
+        weights = moe_checkpoint_weights(folder, manifest)
+        return dict(sorted((plain_name(n) if plain_name else n, t) for n, t in weights.items())), manifest
     universal = folder.rstrip(os.sep) + ".universal"
     if not os.path.isfile(os.path.join(universal, DONE_MARKER)):
         convert_to_universal(folder, universal, log=log)

@@ -17,6 +17,7 @@ from typing import Optional
 
 from megatron.checkpointing.megatron_import.direct_load import (IMPORT_FOLDER, check_same_model, ensure_imported,
                                                                 is_megatron_checkpoint)
+from megatron.checkpointing.megatron_import.sources import detect_megatron_checkpoint, open_megatron_checkpoint
 from megatron.checkpointing.manifest import (compare_parameters, file_problems, manifest_layout, raise_file_problems,
                                              read_manifest)
 from megatron.checkpointing.parameters import global_parameter_table, model_name_function
@@ -123,20 +124,64 @@ def _refresh_derived_state(wrapper):
         hook()
 
 
-def _load_megatron_import(wrapper, engine, load_dir: str, *, finetune: bool, log) -> ResumePoint:
-    """A Megatron-DeepSpeed / Megatron-LM folder: weights only, through a copy converted once next to it."""
-    if not finetune:
-        raise CheckpointError(f"{load_dir} is a Megatron-DeepSpeed / Megatron-LM checkpoint: megatron-ds imports "
-                              f"its weights only (its optimizer state and data position do not map onto this "
-                              f"model's), so add --finetune to start from them at iteration 0")
+def _restore_megatron_position(engine, record: dict) -> ResumePoint:
+    """Iteration, samples, tokens and Adam's step of an imported ds_to_universal folder onto the engine and
+    our LR schedule (Megatron's scheduler counts samples; ours keeps steps, samples and tokens)."""
+    state = record["optimizer"]
+    iteration = int(record["iteration"])
+    samples = state["consumed_train_samples"]
+    samples = iteration * engine.train_batch_size() if samples is None else samples
+    tokens = state["consumed_train_tokens"]
+    engine.global_steps, engine.global_samples = iteration, samples
+    scheduler = engine.lr_scheduler
+    if scheduler is not None and hasattr(scheduler, "load_state_dict"):
+        position = {"num_steps": iteration, "num_samples": samples}
+        if tokens is not None:
+            position["num_tokens"] = tokens
+        scheduler.load_state_dict(position)
+    return ResumePoint(iteration, samples, tokens, None, None, False)
+
+
+def _load_megatron_import(wrapper, engine, load_dir: str, *, finetune: bool, no_load_optim: bool,
+                          log) -> ResumePoint:
+    """A Megatron-DeepSpeed / Megatron-LM folder, through a copy converted once next to it: a ds_to_universal
+    folder resumes (weights, Adam moments and step, iteration, samples, LR position); others give weights only."""
+    kind = detect_megatron_checkpoint(load_dir)
+    if kind == "megatron-lm":
+        refusal = (f"{load_dir} is a Megatron-LM checkpoint: megatron-ds imports its weights only (its optimizer "
+                   f"state is laid out by Megatron-LM's own buffers, which do not map onto this model's), so pass "
+                   f"--finetune to start from them at iteration 0")
+    else:
+        tag = os.path.basename(open_megatron_checkpoint(load_dir).folder) if kind else "global_stepN"
+        refusal = (f"{load_dir} is a Megatron-DeepSpeed checkpoint ({kind}) whose optimizer state is partitioned "
+                   f"by its own ZeRO groups, which do not map onto this model's: run Megatron-DeepSpeed's "
+                   f"ds_to_universal on it first to carry the optimizer state and resume (python -m "
+                   f"deepspeed.checkpoint.ds_to_universal --input_folder {os.path.join(load_dir, tag)} "
+                   f"--output_folder {os.path.join(load_dir, tag)}_universal), or pass --finetune to start from "
+                   f"its weights at iteration 0")
+    if not finetune and kind != "megds-universal":
+        raise CheckpointError(refusal)
     record = ensure_imported(load_dir, log=log)
     check_same_model(getattr(engine.module, "config", None), record["model"], load_dir)
+    if not finetune and not record.get("optimizer"):
+        raise CheckpointError(f"{record['source']} is a ds_to_universal folder without exp_avg.pt / exp_avg_sq.pt "
+                              f"files (no optimizer state to resume from): convert a checkpoint saved with its "
+                              f"optimizer state, or pass --finetune to start from its weights at iteration 0")
     folder = os.path.join(load_dir, IMPORT_FOLDER)
-    load_universal_into_engine(engine, folder, load_optimizer=False, source_name=model_name_function(engine.module))
+    load_optimizer = not (finetune or no_load_optim)
+    load_universal_into_engine(engine, folder, load_optimizer=load_optimizer,
+                               source_name=model_name_function(engine.module))
     _refresh_derived_state(wrapper)
-    log(f"> loaded the weights of {record['source']} ({record['kind']}, iteration {record['iteration']}) through "
-        f"{folder}; starting at iteration 0 (finetune)")
-    return ResumePoint(0, 0, 0, folder, None, False)
+    if finetune:
+        log(f"> loaded the weights of {record['source']} ({record['kind']}, iteration {record['iteration']}) "
+            f"through {folder}; starting at iteration 0 (finetune)")
+        return ResumePoint(0, 0, 0, folder, None, False)
+    resumed = _restore_megatron_position(engine, record)
+    resumed.folder = folder
+    log(f"> resumed {record['source']} ({record['kind']}) at iteration {resumed.iteration} through {folder}: "
+        f"{'Adam moments and step carried' if load_optimizer else 'optimizer state not loaded (--no-load-optim)'}"
+        f", {resumed.consumed_train_samples} samples consumed; random streams continue from this run's seed")
+    return resumed
 
 
 def load_checkpoint(engine, load_dir: str, *, finetune: bool = False, no_load_optim: bool = False,
@@ -154,7 +199,8 @@ def load_checkpoint(engine, load_dir: str, *, finetune: bool = False, no_load_op
     log = log or print_rank0
     wrapper, engine = engine, deepspeed_engine(engine)
     if is_megatron_checkpoint(load_dir):
-        return _load_megatron_import(wrapper, engine, load_dir, finetune=finetune, log=log)
+        return _load_megatron_import(wrapper, engine, load_dir, finetune=finetune, no_load_optim=no_load_optim,
+                                     log=log)
     folder = find_checkpoint(load_dir)
     # Megatron-DeepSpeed's workflow: a folder the user converted with ds_to_universal, named in
     # latest_universal, is what --universal-checkpoint loads (as DeepSpeed's own loader does).

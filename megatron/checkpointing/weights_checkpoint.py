@@ -30,7 +30,7 @@ def write_weights_checkpoint(weights: Dict[str, torch.Tensor], run_config, save_
 
     ps.initialize_model_parallel(1)
     try:
-        model = GPTModel(run_config.model)
+        model = GPTModel(run_config.model, moe_config=run_config.moe)
         parameters = dict(model.named_parameters())
         unknown = sorted(set(weights) - set(parameters))
         if unknown:

@@ -25,6 +25,13 @@ class MoEConfig:
     moe_router_pre_softmax: bool = option(
         False, "Softmax over all experts before the top-k (Megatron's pre-softmax); the default applies it "
         "over the k chosen logits, as Mixtral does (both give the same top-k, different weights).")
+    moe_router_enable_expert_bias: bool = option(
+        False, "Aux-loss-free load balancing (DeepSeek-V3): a per-expert bias added to the scores for the top-k "
+        "choice only (not to the combine weights), moved after every optimizer step by "
+        "--moe-router-bias-update-rate * sign(mean load - expert load), the load counted over the whole "
+        "data x expert parallel batch. Saved in checkpoints.")
+    moe_router_bias_update_rate: float = option(1e-3, "Step of the expert bias update (--moe-router-enable-"
+                                                "expert-bias).", minimum=0)
     moe_router_load_balancing_type: str = option(
         "aux_loss", "Load-balancing loss: aux_loss (Switch/GShard, over the micro-batch), seq_aux_loss (per "
         "sequence, averaged) or none.", choices=("aux_loss", "seq_aux_loss", "none"))

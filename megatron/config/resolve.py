@@ -78,15 +78,19 @@ def _resolve(explicit: Dict[str, Any], spelling: Mapping[str, str],
         settings["local_rank"] = _env_int("LOCAL_RANK", 0)
 
     tp, pp = settings["tensor_model_parallel_size"], settings["pipeline_model_parallel_size"]
-    if tp < 1 or pp < 1 or settings["world_size"] % (tp * pp):
-        raise ConfigError(f"world size {settings['world_size']} is not divisible by tensor-parallel {tp} x "
-                          f"pipeline-parallel {pp} = {tp * pp}; change --tensor-model-parallel-size / "
-                          f"--pipeline-model-parallel-size or the number of ranks")
-    merged, ds_dict = merge_deepspeed_json(explicit, settings, ds_json, settings["world_size"] // (tp * pp),
+    # Context-parallel ranks (ring or Ulysses; validate() refuses both at once) share the model replica.
+    cp = max(settings["context_parallel_size"], settings["ds_sequence_parallel_size"], 1)
+    if tp < 1 or pp < 1 or settings["world_size"] % (tp * pp * cp):
+        what = f"tensor-parallel {tp} x pipeline-parallel {pp}" + (f" x context-parallel {cp}" if cp > 1 else "")
+        raise ConfigError(f"world size {settings['world_size']} is not divisible by {what} = {tp * pp * cp}; "
+                          f"change --tensor-model-parallel-size / --pipeline-model-parallel-size"
+                          + (" / --context-parallel-size / --ds-sequence-parallel-size" if cp > 1 else "")
+                          + " or the number of ranks")
+    merged, ds_dict = merge_deepspeed_json(explicit, settings, ds_json, settings["world_size"] // (tp * pp * cp),
                                            source=source, spelling=spelling,
                                            flag_of=lambda name: flag_of(_FIELDS[name]), notes=notes)
     settings.update(merged)
-    settings["data_parallel_size"] = settings["world_size"] // (tp * pp)
+    settings["data_parallel_size"] = settings["world_size"] // (tp * pp * cp)
     resolve_run_length(settings, explicit, notes)
 
     groups = {name: cls(**{f.name: settings[f.name] for f in dataclasses.fields(cls)}) for name, cls in GROUPS}

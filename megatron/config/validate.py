@@ -23,6 +23,7 @@ def validate(config: "RunConfig") -> None:
     _check_parallel_layout(config)
     _check_model(config)
     _check_moe(config)
+    _check_context_parallel(config)
     _check_pipeline(config)
     _check_memory(config)
     _check_training(config)
@@ -53,13 +54,22 @@ def _check_fields(group) -> None:
 def _check_parallel_layout(config: "RunConfig") -> None:
     p = config.parallel
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
-    if p.world_size % (tp * pp):
-        raise ConfigError(f"world size {p.world_size} is not divisible by tensor-parallel {tp} x "
-                          f"pipeline-parallel {pp} = {tp * pp}; change --tensor-model-parallel-size / "
-                          f"--pipeline-model-parallel-size or the number of ranks")
-    if p.data_parallel_size != p.world_size // (tp * pp):
+    if p.context_parallel_size > 1 and p.ds_sequence_parallel_size > 1:
+        raise ConfigError(f"--context-parallel-size {p.context_parallel_size} (ring attention) and "
+                          f"--ds-sequence-parallel-size {p.ds_sequence_parallel_size} (Ulysses) both split the "
+                          f"sequence over the same context-parallel axis; combining them is not supported: keep "
+                          f"one of the two")
+    cp = p.context_parallel_axis_size
+    if p.world_size % (tp * pp * cp):
+        what = f"tensor-parallel {tp} x pipeline-parallel {pp}" + (f" x context-parallel {cp}" if cp > 1 else "")
+        raise ConfigError(f"world size {p.world_size} is not divisible by {what} = {tp * pp * cp}; change "
+                          f"--tensor-model-parallel-size / --pipeline-model-parallel-size"
+                          + (" / --context-parallel-size / --ds-sequence-parallel-size" if cp > 1 else "")
+                          + " or the number of ranks")
+    if p.data_parallel_size != p.world_size // (tp * pp * cp):
         raise ConfigError(f"data_parallel_size {p.data_parallel_size} != world size {p.world_size} / "
-                          f"(TP {tp} x PP {pp}); leave it unset to derive it")
+                          f"(TP {tp} x PP {pp}" + (f" x CP {cp}" if cp > 1 else "")
+                          + "); leave it unset to derive it")
     ep = p.expert_model_parallel_size
     if p.data_parallel_size % ep:
         raise ConfigError(f"--expert-model-parallel-size {ep} does not divide the data-parallel size "
@@ -163,6 +173,11 @@ def _check_moe(config: "RunConfig") -> None:
         raise ConfigError("--recompute-granularity full with MoE aux/z losses (--moe-aux-loss-coeff, "
                           "--moe-z-loss-coeff) is not supported: the recomputed layers' losses would get no "
                           "gradient; use --recompute-granularity selective, or set both coefficients to 0")
+    if config.recompute.recompute_granularity == "full" and moe.moe_router_enable_expert_bias:
+        # The recomputed forward routes the tokens again: the load behind the bias update would count twice.
+        raise ConfigError("--moe-router-enable-expert-bias with --recompute-granularity full is not supported: "
+                          "the recomputed router would count every token twice in the expert load; use "
+                          "--recompute-granularity selective")
     if config.checkpoint.universal_checkpoint:
         raise ConfigError("MoE layers (--num-experts) with --universal-checkpoint: resharding MoE checkpoints "
                           "(across EP, TP, PP or ZeRO) is not supported yet; resume in the layout that saved")
@@ -181,6 +196,61 @@ def _check_moe(config: "RunConfig") -> None:
         raise ConfigError(f"--moe-layer-freq {moe.moe_layer_freq} with --pipeline-model-parallel-size "
                           f"{p.pipeline_model_parallel_size}: every pipeline stage must hold MoE layers (a stage "
                           f"without expert parameters deadlocks DeepSpeed's gradient norm); use --moe-layer-freq 1")
+    if p.pipeline_model_parallel_size > 1 and moe.moe_router_enable_expert_bias:
+        # The pipeline's train step does not run the after-step bias update; refused rather than ignored.
+        raise ConfigError(f"--moe-router-enable-expert-bias with --pipeline-model-parallel-size "
+                          f"{p.pipeline_model_parallel_size} is not supported yet (the pipeline schedules do not "
+                          f"update the expert biases); use the aux loss (--moe-aux-loss-coeff) or PP 1")
+
+
+def _check_context_parallel(config: "RunConfig") -> None:
+    """Ring attention (--context-parallel-size) and Ulysses (--ds-sequence-parallel-size) preconditions."""
+    p, m = config.parallel, config.model
+    ring, ulysses, tp = p.context_parallel_size, p.ds_sequence_parallel_size, p.tensor_model_parallel_size
+    if ring > 1 and m.seq_length % (2 * ring):
+        raise ConfigError(f"--seq-length {m.seq_length} is not divisible by 2 x --context-parallel-size {ring} "
+                          f"= {2 * ring}; ring attention cuts every sequence into 2 CP equal zig-zag chunks "
+                          f"(for causal load balance): use a multiple of {2 * ring}")
+    if ulysses > 1:
+        if m.seq_length % ulysses:
+            raise ConfigError(f"--seq-length {m.seq_length} is not divisible by --ds-sequence-parallel-size "
+                              f"{ulysses}; each Ulysses rank holds an equal share of the sequence")
+        heads, kv_heads = m.num_attention_heads // tp, m.num_key_value_heads // tp
+        if heads % ulysses or kv_heads % ulysses:
+            raise ConfigError(
+                f"--ds-sequence-parallel-size {ulysses} must divide the attention heads per tensor-parallel "
+                f"rank: --num-attention-heads {m.num_attention_heads} / TP {tp} = {heads} query heads and "
+                f"--num-key-value-heads {m.num_key_value_heads} / TP {tp} = {kv_heads} key/value heads; Ulysses "
+                f"gives each rank whole heads. Choose a degree dividing both, or change TP or the head counts")
+    degree = p.context_parallel_axis_size
+    if degree == 1:
+        return
+    flag = "--context-parallel-size" if ring > 1 else "--ds-sequence-parallel-size"
+    if m.attention_dropout > 0:
+        raise ConfigError(f"{flag} {degree} with --attention-dropout {m.attention_dropout}: context-parallel "
+                          f"attention computes the softmax blockwise (ring) or through all-to-all (Ulysses) "
+                          f"and draws no dropout mask on the probabilities; set --attention-dropout 0 (Llama "
+                          f"recipes already do)")
+    # Whole runs are proven equal to one rank (tests/context_parallel/test_whole_runs.py) for ring and Ulysses,
+    # alone and with TP, with ZeRO 0-3, and ring with PP under the 1F1B schedule. What those runs do not cover
+    # is refused rather than left to chance.
+    unproven = [name for name, present in (
+        (f"--pipeline-schedule {p.pipeline_schedule} (only 1f1b is proven with CP; pass --pipeline-schedule "
+         f"1f1b)", p.pipeline_model_parallel_size > 1 and p.pipeline_schedule != "1f1b"),
+        ("--num-experts (MoE)", config.moe.enabled),
+        (f"--recompute-granularity {config.recompute.recompute_granularity}",
+         config.recompute.recompute_granularity is not None),
+        ("--sequence-parallel", p.sequence_parallel),
+        ("--rampup-batch-size", config.training.rampup_batch_size is not None),
+        ("ZeRO offload_optimizer/offload_param",
+         config.zero.offload_optimizer != "none" or config.zero.offload_param != "none"),
+    ) if present]
+    if unproven:
+        drop = " and ".join(name.split(" (")[0] for name in unproven)
+        raise ConfigError(f"{flag} {degree} is not supported together with {', '.join(unproven)}: context-"
+                          f"parallel training is proven for ring and Ulysses attention with tensor "
+                          f"parallelism, ZeRO 0-3 and the 1F1B pipeline schedule only; drop {drop} or run with "
+                          f"{flag} 1")
 
 
 def _check_pipeline(config: "RunConfig") -> None:

@@ -28,7 +28,9 @@ _STATE: Optional[_Groups] = None
 
 _AXES = {
     "tensor": ParallelLayout.tensor_parallel_groups,
+    "context": ParallelLayout.context_parallel_groups,
     "data": ParallelLayout.data_parallel_groups,
+    "data_context": ParallelLayout.data_context_parallel_groups,
     "pipeline": ParallelLayout.pipeline_parallel_groups,
     "model": ParallelLayout.model_parallel_groups,
     "embedding": ParallelLayout.embedding_groups,
@@ -41,8 +43,9 @@ _AXES = {
 def initialize_model_parallel(tensor_model_parallel_size: int = 1,
                               pipeline_model_parallel_size: int = 1,
                               virtual_pipeline_model_parallel_size: Optional[int] = None,
-                              expert_model_parallel_size: int = 1) -> ParallelLayout:
-    """Create the TP, DP, PP, model-parallel (TP x PP), embedding and expert groups on every rank.
+                              expert_model_parallel_size: int = 1,
+                              context_parallel_size: int = 1) -> ParallelLayout:
+    """Create the TP, CP, DP, DP x CP, PP, model-parallel (TP x PP), embedding and expert groups on every rank.
 
     Must be called by all ranks with the same arguments after ``comm.init_distributed()``.
     """
@@ -59,11 +62,15 @@ def initialize_model_parallel(tensor_model_parallel_size: int = 1,
         raise ValueError(f"virtual pipeline stages ({virtual_pipeline_model_parallel_size}) need a pipeline-model-"
                          f"parallel size of at least 2, got {pipeline_model_parallel_size}")
     layout = ParallelLayout(comm.get_world_size(), tensor_model_parallel_size, pipeline_model_parallel_size,
-                            expert_model_parallel_size)
+                            expert_model_parallel_size, context_parallel_size)
     state = _Groups(layout=layout, rank=comm.get_rank(),
                     virtual_pipeline_model_parallel_size=virtual_pipeline_model_parallel_size,
                     virtual_pipeline_model_parallel_rank=0 if virtual_pipeline_model_parallel_size else None)
     for axis, enumerate_groups in _AXES.items():
+        if axis == "data_context" and layout.context_parallel_size == 1:
+            # DP x CP is DP itself: share the group rather than create a twin of every data-parallel group.
+            state.groups[axis], state.ranks[axis] = state.groups["data"], state.ranks["data"]
+            continue
         for ranks in enumerate_groups(layout):
             # Every rank must call new_group for every group, in the same order, even groups it is not in.
             group = comm.new_group(ranks)
@@ -137,25 +144,47 @@ def get_tensor_model_parallel_ranks() -> List[int]:
     return list(_state().ranks["tensor"])
 
 
-# Data-parallel group.
-def get_data_parallel_group():
-    return _group("data")
+# Context-parallel group: ranks splitting the tokens of the same sequences (ring attention or Ulysses).
+def get_context_parallel_group():
+    return _group("context")
 
 
-def get_data_parallel_world_size() -> int:
-    return _size_of("data")
+def get_context_parallel_world_size() -> int:
+    return _size_of("context")
 
 
-def get_data_parallel_rank() -> int:
-    return _rank_in("data")
+def get_context_parallel_rank() -> int:
+    return _rank_in("context")
 
 
-def get_data_parallel_group_ranks() -> List[int]:
-    return list(_state().ranks["data"])
+def get_context_parallel_global_ranks() -> List[int]:
+    return list(_state().ranks["context"])
 
 
-def get_data_parallel_src_rank() -> int:
-    return _state().ranks["data"][0]
+# Data-parallel group. As in Megatron-LM, ``with_context_parallel=True`` gives DP x CP: the ranks holding the
+# same parameters, over which gradients are reduced; without it, the ranks that read different samples.
+def _data_axis(with_context_parallel: bool) -> str:
+    return "data_context" if with_context_parallel else "data"
+
+
+def get_data_parallel_group(with_context_parallel: bool = False):
+    return _group(_data_axis(with_context_parallel))
+
+
+def get_data_parallel_world_size(with_context_parallel: bool = False) -> int:
+    return _size_of(_data_axis(with_context_parallel))
+
+
+def get_data_parallel_rank(with_context_parallel: bool = False) -> int:
+    return _rank_in(_data_axis(with_context_parallel))
+
+
+def get_data_parallel_group_ranks(with_context_parallel: bool = False) -> List[int]:
+    return list(_state().ranks[_data_axis(with_context_parallel)])
+
+
+def get_data_parallel_src_rank(with_context_parallel: bool = False) -> int:
+    return _state().ranks[_data_axis(with_context_parallel)][0]
 
 
 # Pipeline-model-parallel group.

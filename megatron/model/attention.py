@@ -18,6 +18,8 @@ Query/key rows use RoPE's rotate-half convention (rotary.py), the same as Huggin
 Masking: without ``attention_mask`` attention is causal (SDPA's is_causal fast path). With it, the mask is
 the whole rule: a bool tensor broadcastable to [b, np, s, s] where True means *masked out* (Megatron's
 convention; the data pipeline emits [b, 1, s, s] document-causal masks with --reset-attention-mask).
+Under context parallelism the mask argument is a :class:`ContextParallelMask` instead: this rank holds s/CP
+tokens in zig-zag order and attention runs over the CP group (ring or Ulysses), masked by global positions.
 """
 
 from typing import Optional
@@ -35,6 +37,7 @@ from megatron.core.tensor_parallel import (
     scaled_init_method_normal,
 )
 from megatron.model.config_checks import num_key_value_heads, tensor_parallel_size
+from megatron.model.context_parallel.masks import ContextParallelMask
 from megatron.model.embedding import default_position_ids
 from megatron.model.recompute import checkpoint_sharded_inputs
 from megatron.model.rotary import RotaryEmbedding, apply_rotary_embedding
@@ -131,6 +134,12 @@ class SelfAttention(nn.Module):
             key = apply_rotary_embedding(key, cos, sin)
         # [s, b, n, hn] -> [b, n, s, hn], SDPA's layout
         query, key, value = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        if isinstance(attention_mask, ContextParallelMask):
+            if kv_cache is not None or self.recompute_core_attention:
+                raise ValueError("context-parallel attention supports neither a KV cache (inference) nor "
+                                 "selective recomputation; run those with context parallelism 1")
+            context = attention_mask.attend(query, key, value)   # [b, np/tp, s/CP, hn]
+            return self._project(context, s, b)
         if kv_cache is not None:
             # SDPA's causal flag aligns the top-left corner, wrong once keys outnumber queries: the caller's
             # mask says which cached keys the new tokens see. Without one, a single new token per row sees
@@ -147,6 +156,9 @@ class SelfAttention(nn.Module):
             context = checkpoint_sharded_inputs(core_attention, query, key, value, attention_mask, dropout_p)
         else:
             context = core_attention(query, key, value, attention_mask, dropout_p, causal=kv_cache is None)
+        return self._project(context, s, b)
+
+    def _project(self, context: torch.Tensor, s: int, b: int) -> torch.Tensor:
         # [b, np/tp, s, hn] -> [s, b, np/tp * hn]
-        context = context.permute(2, 0, 1, 3).reshape(s, b, self.num_heads_per_rank * hn)
+        context = context.permute(2, 0, 1, 3).reshape(s, b, self.num_heads_per_rank * self.head_dim)
         return self.linear_proj(context)

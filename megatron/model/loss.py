@@ -2,6 +2,8 @@
 
 import torch
 
+from megatron.core import comm, parallel_state
+
 
 def masked_mean_loss(per_token_loss: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
     """sum(loss * mask) / sum(mask) over this micro-batch (Megatron's reduction).
@@ -15,3 +17,19 @@ def masked_mean_loss(per_token_loss: torch.Tensor, loss_mask: torch.Tensor) -> t
     mask = loss_mask.to(per_token_loss.dtype)
     # An all-zero mask has a zero numerator too; the clamp turns 0/0 into 0 and changes nothing else.
     return (per_token_loss * mask).sum() / mask.sum().clamp(min=torch.finfo(mask.dtype).tiny)
+
+
+def context_parallel_loss(per_token_loss: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """:func:`masked_mean_loss` of a CP rank's share of the tokens, as the rank backpropagates it.
+
+    The rank's masked sum is divided by the kept tokens of the whole micro-batch (summed over the CP group)
+    and multiplied by CP: DeepSpeed averages gradients over DP x CP, and the mean of these over the CP ranks
+    is the micro-batch's mean. At CP = 1 this is masked_mean_loss itself.
+    """
+    cp = parallel_state.get_context_parallel_world_size()
+    if cp == 1:
+        return masked_mean_loss(per_token_loss, loss_mask)
+    mask = loss_mask.to(per_token_loss.dtype)
+    kept = mask.sum().detach().clone()
+    comm.all_reduce(kept, group=parallel_state.get_context_parallel_group())
+    return (per_token_loss * mask).sum() / kept.clamp(min=torch.finfo(mask.dtype).tiny) * cp

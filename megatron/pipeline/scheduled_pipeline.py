@@ -26,7 +26,7 @@ from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
 from megatron.core import comm
 from megatron.core import parallel_state as ps
 from megatron.core.grad_norm import global_grad_norm
-from megatron.model import masked_mean_loss
+from megatron.model.loss import context_parallel_loss
 from megatron.model.moe import collect_aux_losses
 from megatron.pipeline.p2p import PeerToPeer
 from megatron.pipeline.schedules import BACKWARD, FORWARD, PipelineOp, schedule_for
@@ -62,6 +62,7 @@ class ScheduledPipeline:
         self.ops = schedule_for(self.num_micro_batches, self.pipeline_size, self.pipeline_rank, self.chunks.num_chunks)
         tp = ps.get_tensor_model_parallel_world_size()
         sequence = seq_length // tp if sequence_parallel and tp > 1 else seq_length
+        sequence //= ps.get_context_parallel_world_size()  # a CP rank passes on its share of the tokens
         # [s(/tp), b, h]: what every virtual stage passes to the next.
         self.activation_shape = (sequence, engine.train_micro_batch_size_per_gpu(), hidden_size)
         self.activation_dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
@@ -190,7 +191,7 @@ class ScheduledPipeline:
                              labels=batch["labels"] if stage == self.last_stage else None,
                              hidden_states=input_tensor)
         if stage == self.last_stage:
-            return masked_mean_loss(output, batch["loss_mask"])
+            return context_parallel_loss(output, batch["loss_mask"])
         return output
 
     def _backward(self, output: torch.Tensor, output_grad: Optional[torch.Tensor], aux: Optional[torch.Tensor], *,
@@ -217,13 +218,13 @@ class ScheduledPipeline:
 
     def _pipeline_mean(self, terms: List[torch.Tensor], num_micro_batches: int) -> float:
         """Mean over micro-batches and DP ranks of the loss terms every stage holds (the last stage's losses,
-        other chunks' MoE aux losses): each rank sums its own, DP averages, the pipeline sums (ranks holding
+        other chunks' MoE aux losses): each rank sums its own, DP (x CP) averages, the pipeline sums (ranks holding
         none add zero), so every stage gets the same figure."""
         total = torch.zeros(1, dtype=torch.float64)
         if terms:
             total += torch.stack([term.double().cpu() for term in terms]).sum() / num_micro_batches
-        comm.all_reduce(total, group=ps.get_data_parallel_group())
-        total /= ps.get_data_parallel_world_size()
+        comm.all_reduce(total, group=ps.get_data_parallel_group(with_context_parallel=True))
+        total /= ps.get_data_parallel_world_size(with_context_parallel=True)
         comm.all_reduce(total, group=ps.get_pipeline_model_parallel_group())
         return total.item()
 

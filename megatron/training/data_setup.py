@@ -9,6 +9,7 @@ from megatron.core import comm
 from megatron.core import parallel_state as ps
 from megatron.data import (build_pretraining_data_loader, build_tokenizer, build_train_valid_test_datasets,
                            prepare_builtin_corpus, unigram_entropy)
+from megatron.data.context_parallel_batch import context_parallel_micro_batch
 
 BUILTIN_CORPUS_VOCAB = 8000
 
@@ -25,11 +26,21 @@ class TrainingData:
     data_prefix: object
     micro_batch_size: int
     num_workers: int
+    context_parallel_algorithm: Optional[str] = None  # "ring" or "ulysses" when CP > 1
 
     def _loader(self, dataset, consumed_samples):
-        return build_pretraining_data_loader(dataset, consumed_samples, self.micro_batch_size,
-                                             ps.get_data_parallel_rank(), ps.get_data_parallel_world_size(),
-                                             num_workers=self.num_workers)
+        # The ranks of one CP group share a data-parallel rank, so they read the same micro-batches.
+        loader = build_pretraining_data_loader(dataset, consumed_samples, self.micro_batch_size,
+                                               ps.get_data_parallel_rank(), ps.get_data_parallel_world_size(),
+                                               num_workers=self.num_workers)
+        if self.context_parallel_algorithm is None:
+            return loader
+        cp_size, cp_rank = ps.get_context_parallel_world_size(), ps.get_context_parallel_rank()
+        # iter() now, not at the first batch: creating the DataLoader iterator draws from torch's RNG, and
+        # resume restores the RNG state after that draw.
+        batches = iter(loader)
+        return map(lambda batch: context_parallel_micro_batch(batch, cp_size, cp_rank,
+                                                              self.context_parallel_algorithm), batches)
 
     def train_batches(self, consumed_samples: int) -> Iterator[dict]:
         """This DP rank's micro-batches, continuing after ``consumed_samples`` global samples (exact resume)."""
@@ -84,4 +95,12 @@ def build_training_data(config: RunConfig, printer=print) -> TrainingData:
         raise ValueError(f"the training split of {data_path} is empty: check --split {data.split!r} and the data")
     return TrainingData(tokenizer=tokenizer, train_dataset=train, valid_dataset=valid if evaluations else None,
                         data_prefix=data_path, micro_batch_size=training.micro_batch_size,
-                        num_workers=data.num_workers)
+                        num_workers=data.num_workers,
+                        context_parallel_algorithm=_context_parallel_algorithm(config))
+
+
+def _context_parallel_algorithm(config: RunConfig) -> Optional[str]:
+    parallel = config.parallel
+    if parallel.context_parallel_axis_size == 1:
+        return None
+    return "ring" if parallel.context_parallel_size > 1 else "ulysses"

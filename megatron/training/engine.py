@@ -49,7 +49,8 @@ def model_construction_context(config: RunConfig, ds_config: dict):
     """ZeRO-3 partitions each parameter as soon as its module is built, so no rank ever holds the full model."""
     if config.zero.stage != 3:
         return contextlib.nullcontext()
-    return deepspeed.zero.Init(data_parallel_group=ps.get_data_parallel_group(), mpu=ps.get_deepspeed_mpu(),
+    return deepspeed.zero.Init(data_parallel_group=ps.get_data_parallel_group(with_context_parallel=True),
+                               mpu=ps.get_deepspeed_mpu(),
                                config_dict_or_path=ds_config,
                                remote_device="cpu" if config.zero.offload_param == "cpu" else None)
 
@@ -58,9 +59,19 @@ def _json_weight_decay(config: RunConfig) -> float:
     return float(config.deepspeed_config["optimizer"].get("params", {}).get("weight_decay", 0.0))
 
 
+def deepspeed_view_of_batch(config: RunConfig, ds_config: dict) -> dict:
+    """DeepSpeed sees context-parallel ranks as data-parallel ones (our mpu gives it DP x CP), so it checks
+    train_batch_size = micro x accumulation x DP x CP: one global batch counts CP times for it, although the CP
+    ranks of a group read the same samples. Everything of ours counts real samples (--global-batch-size)."""
+    cp = config.parallel.context_parallel_axis_size
+    if cp == 1:
+        return ds_config
+    return dict(ds_config, train_batch_size=ds_config["train_batch_size"] * cp)
+
+
 def build_engine(config: RunConfig, model_provider: Callable[[], torch.nn.Module]):
     """Returns the DeepSpeed engine; its ``lr_scheduler`` is Megatron's schedule unless the JSON has one."""
-    ds_config = config.deepspeed_dict()
+    ds_config = deepspeed_view_of_batch(config, config.deepspeed_dict())
     configure_activation_checkpointing(config)
     if config.parallel.pipeline_model_parallel_size > 1:
         # The one dispatch to the pipeline forms; megatron/pipeline/build.py picks the schedule.

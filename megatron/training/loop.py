@@ -20,20 +20,29 @@ from megatron.core import parallel_state as ps
 from megatron.core.grad_norm import global_grad_norm
 from megatron.pipeline import is_pipeline, pipeline_evaluate, pipeline_train_step
 from megatron.model.moe import collect_aux_losses
+from megatron.model.moe.moe_layer import moe_layers, update_expert_biases
 from megatron.training.moe_metrics import MoEMetrics
 from megatron.training.progress_log import ProgressLog
 
 
 def batch_loss(engine, batch: dict) -> torch.Tensor:
-    """Mean per-token loss of one micro-batch over the tokens its loss mask keeps."""
+    """Mean per-token loss of one micro-batch over the tokens its loss mask keeps.
+
+    Under context parallelism a rank holds 1/CP of each sequence: its loss is its tokens' share of the mean
+    over the whole micro-batch's kept tokens, times CP, because DeepSpeed averages gradients (and the loop
+    averages reported losses) over DP x CP ranks; the average over the CP ranks is then exactly the mean."""
     per_token = engine(batch["tokens"], position_ids=batch.get("position_ids"),
                        attention_mask=batch.get("attention_mask"), labels=batch["labels"])
     loss_mask = batch["loss_mask"].to(per_token.dtype)
     kept = loss_mask.sum()
+    cp = ps.get_context_parallel_world_size()
+    if cp > 1:
+        kept = kept.detach().clone()
+        comm.all_reduce(kept, group=ps.get_context_parallel_group())
     if kept.item() == 0:
         raise ValueError("a micro-batch has an all-zero loss mask (every token is masked, e.g. by --eod-mask-loss "
                          "on documents shorter than 2 tokens); check the data or drop --eod-mask-loss")
-    loss = (per_token.float() * loss_mask).sum() / kept
+    loss = (per_token.float() * loss_mask).sum() / kept * cp
     aux = collect_aux_losses(engine.module)
     # MoE load-balancing and z losses of this forward (zero outside training) join the loss here, so they
     # reach the backward with the same 1/GAS scaling DeepSpeed gives the LM loss.
@@ -41,9 +50,10 @@ def batch_loss(engine, batch: dict) -> torch.Tensor:
 
 
 def _data_parallel_mean(value: float) -> float:
+    """Mean over the DP x CP ranks (each CP rank's loss is CP x its share: see batch_loss)."""
     tensor = torch.tensor([value], dtype=torch.float64)
-    comm.all_reduce(tensor, group=ps.get_data_parallel_group())
-    return tensor.item() / ps.get_data_parallel_world_size()
+    comm.all_reduce(tensor, group=ps.get_data_parallel_group(with_context_parallel=True))
+    return tensor.item() / ps.get_data_parallel_world_size(with_context_parallel=True)
 
 
 @dataclass
@@ -80,6 +90,8 @@ def train_step(engine, micro_batches: Iterator[dict], gradient_accumulation_step
             grad_norm = global_grad_norm(engine.module.parameters())
         engine.step()
         total += loss.item()
+    if engine.skipped_steps == skipped_before:
+        update_expert_biases(engine.module)  # aux-loss-free balancing moves after each optimizer step
     if grad_norm is None:
         reported = engine.get_global_grad_norm()
         grad_norm = float(reported) if reported is not None else None

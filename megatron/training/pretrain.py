@@ -43,7 +43,8 @@ def initialize_parallel(config: RunConfig, printer=log_rank0):
                                               * parallel.num_layers_per_virtual_pipeline_stage)
     ps.initialize_model_parallel(parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size,
                                  virtual_pipeline_model_parallel_size=virtual,
-                                 expert_model_parallel_size=parallel.expert_model_parallel_size)
+                                 expert_model_parallel_size=parallel.expert_model_parallel_size,
+                                 context_parallel_size=parallel.context_parallel_axis_size)
     printer(f"> parallel layout: {ps.get_layout().describe()}")
     if comm.get_world_size() > 1:
         log_world_hosts(printer)
@@ -79,7 +80,7 @@ def _pretrain(config: RunConfig, guard: RunGuard, printer) -> TrainState:
     engine = build_engine(config, lambda: build_model(config))
 
     training = config.training
-    global_batch = engine.train_batch_size()
+    global_batch = training.global_batch_size  # DeepSpeed's train_batch_size counts CP ranks too (engine.py)
     precision = config.precision
     compute_dtype = torch.bfloat16 if precision.bf16 else torch.float16 if precision.fp16 else torch.float32
     peak, peak_source = device_peak_tflops(config.logging.peak_tflops_per_device, compute_dtype)

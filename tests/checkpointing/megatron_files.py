@@ -107,7 +107,8 @@ def megds_args(model, *, tp, pp, padded_vocab, dtype, fpdt, enums, tokenizer=Non
         hidden_dropout=0.0, attention_dropout=0.0, deepspeed=True, no_pipeline_parallel=pp == 1,
         apply_residual_connection_post_layernorm=False, iteration=ITERATION, rank=0, world_size=tp * pp,
         tokenizer_type=None, vocab_file="/data/gpt2-vocab.json", merge_file="/data/gpt2-merges.txt",
-        tokenizer_model=None)
+        tokenizer_model=None, consumed_train_samples=ITERATION * GLOBAL_BATCH, consumed_valid_samples=0,
+        global_batch_size=GLOBAL_BATCH)
     if tokenizer:
         args.tokenizer_type, args.tokenizer_model = tokenizer
         args.vocab_file = args.merge_file = None
@@ -186,14 +187,26 @@ def _cast(tensors, dtype):
     return {name: tensor.to(dtype).clone() for name, tensor in tensors.items()}
 
 
+GLOBAL_BATCH = 8
+
+
+def _opt_param_scheduler():
+    """Megatron's OptimizerParamScheduler.state_dict(), which it counts in samples (DeepSpeed saves it as
+    ``lr_scheduler``: Meg-DS hands it to deepspeed.initialize)."""
+    return {"max_lr": 3e-4, "lr_warmup_steps": 2 * GLOBAL_BATCH, "num_steps": ITERATION * GLOBAL_BATCH,
+            "lr_decay_style": "cosine", "lr_decay_steps": 100 * GLOBAL_BATCH, "min_lr": 3e-5, "start_wd": 0.1,
+            "end_wd": 0.1, "wd_incr_style": "constant", "wd_incr_steps": 100 * GLOBAL_BATCH}
+
+
 def _deepspeed_keys(module, args, tp, pp, dtype):
     return {"module": module, "buffer_names": [], "optimizer": None, "param_shapes": None, "frozen_param_shapes": None,
-            "shared_params": {}, "frozen_param_fragments": None, "lr_scheduler": {"num_steps": ITERATION},
+            "shared_params": {}, "frozen_param_fragments": None, "lr_scheduler": _opt_param_scheduler(),
             "data_sampler": None, "random_ltd": None, "sparse_tensor_module_names": set(), "skipped_steps": 0,
-            "global_steps": ITERATION, "global_samples": ITERATION * 8, "dp_world_size": 1, "mp_world_size": tp,
+            "global_steps": ITERATION, "global_samples": ITERATION * GLOBAL_BATCH, "dp_world_size": 1,
+            "mp_world_size": tp,
             "ds_config": {"train_batch_size": 8, "bf16": {"enabled": dtype == torch.bfloat16}},
             "ds_version": "0.14.0", "args": args, "checkpoint_version": 3.0, "iteration": ITERATION,
-            "tokens": ITERATION * 8 * 16, "rng_state": _rng_state()}
+            "tokens": ITERATION * GLOBAL_BATCH * 16, "rng_state": _rng_state()}
 
 
 def write_megds(weights, model, folder, *, tp, pp, padded_vocab, dtype=torch.float32, blocked=False, fpdt=None,
@@ -327,14 +340,10 @@ def _universal_merge(key, slices, vocab, swiglu):
     return (merged[:vocab] if rule == "vocab" else merged), 0
 
 
-def write_megds_universal(weights, model, folder, *, tp, pp, padded_vocab, vocab, pipeline, **options):
-    """A Meg-DS checkpoint (write_megds) and its ds_to_universal output ``global_step10_universal``, named in
-    ``latest_universal``."""
+def _slices_by_name(tag, model, tp, pipeline):
+    """{module parameter name (as ds_to_universal names it): [TP slices]} of a written Meg-DS folder."""
     from megatron.checkpointing.safe_load import safe_megatron_load
 
-    write_megds(weights, model, folder, tp=tp, pp=pp, padded_vocab=padded_vocab, pipeline=pipeline, **options)
-    tag = os.path.join(folder, f"global_step{ITERATION}")
-    target = tag + "_universal"
     per_name = {}
     for rank in range(tp):
         if pipeline:
@@ -350,15 +359,44 @@ def write_megds_universal(weights, model, folder, *, tp, pp, padded_vocab, vocab
             module = safe_megatron_load(os.path.join(tag, f"mp_rank_{rank:02d}_model_states.pt"))["module"]
             for key, tensor in module.items():
                 per_name.setdefault(key, []).append(tensor)
+    return per_name
+
+
+def _write_universal_state(per_name, target, state_key, vocab, swiglu):
     for name, slices in per_name.items():
         key = name.split(".", 1)[1] if name[0].isdigit() else name
-        param, cat_dim = _universal_merge(key, slices, vocab, model.swiglu)
+        param, cat_dim = _universal_merge(key, slices, vocab, swiglu)
         record = {"param": param.float()}
         if cat_dim is not None:
             record["cat_dim"] = cat_dim
         if _universal_rule(key) == "vocab":
             record["vocab_tensor"] = True
-        _save(record, os.path.join(target, "zero", name, "fp32.pt"))
+        _save(record, os.path.join(target, "zero", name, f"{state_key}.pt"))
+
+
+def write_megds_universal(weights, model, folder, *, tp, pp, padded_vocab, vocab, pipeline, moments=None,
+                          adam_step=ITERATION, **options):
+    """A Meg-DS checkpoint (write_megds) and its ds_to_universal output ``global_step10_universal``, named in
+    ``latest_universal``. ``moments`` ({'exp_avg': whole tensors in our names, 'exp_avg_sq': ...}): the Adam
+    state the ZeRO shards held, laid out per TP rank like the weights (the fp32 optimizer partitions mirror
+    the module's TP slices) and merged by the same rules into ``exp_avg.pt`` / ``exp_avg_sq.pt``, with Adam's
+    step in ``step.pt`` next to them, as ds_to_universal writes them."""
+    write_megds(weights, model, folder, tp=tp, pp=pp, padded_vocab=padded_vocab, pipeline=pipeline, **options)
+    tag = os.path.join(folder, f"global_step{ITERATION}")
+    target = tag + "_universal"
+    per_name = _slices_by_name(tag, model, tp, pipeline)
+    _write_universal_state(per_name, target, "fp32", vocab, model.swiglu)
+    for state_key, whole in (moments or {}).items():
+        scratch = os.path.join(folder, f"scratch_{state_key}")
+        fp32_options = dict(options, dtype=torch.float32)
+        write_megds(whole, model, scratch, tp=tp, pp=pp, padded_vocab=padded_vocab, pipeline=pipeline,
+                    **fp32_options)
+        _write_universal_state(_slices_by_name(os.path.join(scratch, f"global_step{ITERATION}"), model, tp,
+                                               pipeline), target, state_key, vocab, model.swiglu)
+        shutil.rmtree(scratch)
+    if moments:
+        for name in per_name:
+            _save(torch.tensor(float(adam_step)), os.path.join(target, "zero", name, "step.pt"))
     for name in os.listdir(tag):
         if name.startswith("mp_rank_"):
             shutil.copy2(os.path.join(tag, name), target)

@@ -299,7 +299,8 @@ def test_load_takes_a_megatron_deepspeed_folder_directly(tmp_path, tokenizer_fil
     assert os.path.isfile(os.path.join(source, "megatron-ds-import.universal", "megatron_import_done.json"))
 
     message = run_on_ranks(2, direct_load_logits, source=source, vocab=vocab, family="gpt2", finetune=False)[0]
-    assert "add --finetune" in message, message
+    assert "run Megatron-DeepSpeed's ds_to_universal on it first" in message and "or pass --finetune" in message \
+        and "--input_folder " + os.path.join(source, "global_step10") in message, message
     message = run_on_ranks(2, direct_load_logits, source=source, vocab=vocab, family="gpt2", finetune=True,
                            num_layers=4)[0]
     assert "num_layers: checkpoint 2, this run 4" in message, message

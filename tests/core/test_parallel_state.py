@@ -186,3 +186,49 @@ def test_all_to_all_single_exchanges_uneven_chunks():
     expected = torch.cat([torch.tensor([[peer, rank]] * count, dtype=torch.float32)
                           for peer, count in enumerate(output_splits)])
     assert torch.equal(output, expected)
+
+
+def test_context_parallel_axis_sits_between_tp_and_dp():
+    # Megatron-LM's order tp-cp-dp-pp: rank = tp + TP * (cp + CP * (dp + DP * pp)).
+    layout = ParallelLayout(world_size=16, tensor_model_parallel_size=2, pipeline_model_parallel_size=2,
+                            context_parallel_size=2)
+    assert layout.data_parallel_size == 2
+    assert layout.tensor_parallel_groups()[:2] == [[0, 1], [2, 3]]
+    assert layout.context_parallel_groups()[:2] == [[0, 2], [1, 3]]
+    assert layout.data_parallel_groups()[:2] == [[0, 4], [1, 5]]
+    assert layout.data_context_parallel_groups()[:2] == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    assert layout.pipeline_parallel_groups()[0] == [0, 8]
+    assert layout.model_parallel_groups()[0] == [0, 1, 8, 9]
+    for groups in (layout.tensor_parallel_groups(), layout.context_parallel_groups(),
+                   layout.data_parallel_groups(), layout.data_context_parallel_groups(),
+                   layout.pipeline_parallel_groups(), layout.model_parallel_groups()):
+        assert sorted(rank for group in groups for rank in group) == list(range(16))
+    for rank in range(16):
+        assert layout.rank(*layout.coordinates(rank), cp_rank=layout.context_parallel_rank(rank)) == rank
+
+
+def test_context_parallel_size_must_divide_the_world():
+    with pytest.raises(ValueError, match=r"world size 4 is not divisible by .* context-parallel size 4 x "
+                                         r".* = 8; choose TP 2 x CP 4 x PP 1"):
+        ParallelLayout(world_size=4, tensor_model_parallel_size=2, context_parallel_size=4)
+
+
+@distributed_test(world_size=2)
+def test_context_parallel_groups_and_deepspeed_mpu_reduce_over_dp_times_cp():
+    from megatron.core import comm, parallel_state as ps
+
+    ps.initialize_model_parallel(context_parallel_size=2)
+    rank = comm.get_rank()
+    assert ps.get_context_parallel_world_size() == 2 and ps.get_context_parallel_rank() == rank
+    assert ps.get_data_parallel_world_size() == 1 and ps.get_data_parallel_group_ranks() == [rank]
+    assert ps.get_data_parallel_group_ranks(with_context_parallel=True) == [0, 1]
+    mpu = ps.get_deepspeed_mpu()
+    # DeepSpeed reduces and partitions gradients over the group the mpu hands it: CP ranks hold the same
+    # parameters, so that must be DP x CP.
+    assert mpu.get_data_parallel_world_size() == 2 and mpu.get_data_parallel_rank() == rank
+    assert mpu.get_data_parallel_group_ranks() == [0, 1]
+    assert mpu.get_model_parallel_world_size() == 1
+    import torch
+    value = torch.tensor([float(rank + 1)])
+    comm.all_reduce(value, group=mpu.get_data_parallel_group())
+    assert value.item() == 3.0

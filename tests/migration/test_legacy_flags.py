@@ -96,7 +96,7 @@ MEGATRON_DEEPSPEED_FLAGS = (
 OWNED_ELSEWHERE = {
     # MoE flags of Megatron-DeepSpeed without an equivalent here (the others are MoEConfig fields or aliases).
     "--mlp-type", "--num-experts-switch", "--disable-moe-top2-2nd-expert-sampling", "--enable-expert-tensor-parallelism",
-    "--ds-sequence-parallel-size", "--force-ds-sequence-parallel", "--ds-sequence-parallel-fpdt",
+    "--force-ds-sequence-parallel", "--ds-sequence-parallel-fpdt",
     "--ds-sequence-parallel-fpdt-chunk-size", "--ds-sequence-parallel-fpdt-offloading",
     "--distributed-timeout-minutes", "--exit-signal-handler", "--kill-switch-file", "--exit-on-missing-checkpoint",
 }

@@ -42,8 +42,16 @@ BAD = {
     "pipeline_stage_without_moe": (["--num-experts", "4", "--pipeline-model-parallel-size", "2",
                                     "--pipeline-schedule", "1f1b", "--moe-layer-freq", "2"], 2,
                                    "every pipeline stage must hold MoE layers"),
+    "pipeline_expert_bias": (["--num-experts", "4", "--pipeline-model-parallel-size", "2", "--pipeline-schedule",
+                              "1f1b", "--moe-router-enable-expert-bias"], 2,
+                             "--moe-router-enable-expert-bias with --pipeline-model-parallel-size 2"),
     "universal_checkpoint": (["--num-experts", "4", "--load", "/tmp/x", "--universal-checkpoint"], 1,
                              "resharding MoE checkpoints (across EP, TP, PP or ZeRO) is not supported yet"),
+    "full_recompute_with_expert_bias": (["--num-experts", "4", "--moe-router-enable-expert-bias",
+                                         "--recompute-granularity", "full"], 1,
+                                        "the recomputed router would count every token twice"),
+    "negative_bias_update_rate": (["--num-experts", "4", "--moe-router-bias-update-rate", "-1"], 1,
+                                  "--moe-router-bias-update-rate"),
     "full_recompute_with_aux_loss": (["--num-experts", "4", "--moe-aux-loss-coeff", "0.01",
                                       "--recompute-granularity", "full"], 1,
                                      "--recompute-granularity full with MoE aux/z losses"),
@@ -83,15 +91,3 @@ def test_mixtral_preset_is_llama_with_eight_experts_top2():
     assert [config.moe.is_moe_layer(i) for i in range(4)] == [True] * 4
     every_other = parse_config(BASE + ["--num-experts", "4", "--moe-layer-freq", "2"], world_size=1)
     assert [every_other.moe.is_moe_layer(i) for i in range(4)] == [True, False, True, False]
-
-
-def test_hugging_face_conversion_of_moe_is_refused_both_ways():
-    from megatron.checkpointing.hf.export import hf_state_and_config
-    from megatron.checkpointing.hf.import_hf import model_fields_from_hf
-    from megatron.checkpointing.safe_load import CheckpointError
-
-    config = parse_config(BASE + ["--model-family", "mixtral", "--ffn-hidden-size", "128"], world_size=1)
-    with pytest.raises(CheckpointError, match="export to Hugging Face MixtralForCausalLM is not supported yet"):
-        hf_state_and_config({}, config)
-    with pytest.raises(ValueError, match="model_type 'mixtral' is not convertible"):
-        model_fields_from_hf({"model_type": "mixtral"})

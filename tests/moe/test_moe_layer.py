@@ -60,7 +60,7 @@ class SerialTwin(nn.Module):
         return output.view(seq, batch, h), routing
 
 
-def _compare(ep, experts=8, swiglu=True, dispatcher="alltoall", **moe_overrides):
+def _compare(ep, experts=8, swiglu=True, dispatcher="alltoall", expert_bias=None, **moe_overrides):
     from megatron.core import comm
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel import deferred_initialization, initialize_parameters
@@ -73,6 +73,9 @@ def _compare(ep, experts=8, swiglu=True, dispatcher="alltoall", **moe_overrides)
         twin = SerialTwin(model, moe)
     initialize_parameters(layer, 7)
     initialize_parameters(twin, 7)
+    if expert_bias is not None:  # the same router expert bias on both (aux-loss-free balancing)
+        layer.router.score_bias.copy_(expert_bias)
+        twin.router.score_bias.copy_(expert_bias)
     generator = torch.Generator().manual_seed(100 + comm.get_rank())
     hidden = torch.randn(SEQ, BATCH, HIDDEN, generator=generator)
     probe = torch.randn(SEQ, BATCH, HIDDEN, generator=generator)
@@ -94,13 +97,15 @@ def _compare(ep, experts=8, swiglu=True, dispatcher="alltoall", **moe_overrides)
                        torch.bincount(routing.experts[routing.kept], minlength=experts))
     twin_grads = {}
     for name, param in twin.experts.named_parameters():  # same order on every rank: all-reduce each expert
-        twin_grads[name] = param.grad.clone()
+        # An expert no token of this rank chose has no gradient here (possible with a strong expert bias).
+        twin_grads[name] = param.grad.clone() if param.grad is not None else torch.zeros_like(param)
         if ep > 1:
             comm.all_reduce(twin_grads[name], group=ps.get_expert_model_parallel_group())
     for name, param in layer.experts.named_parameters():
         local = int(name.split(".")[1])  # deepspeed_experts.<local id>.<...>: the twin names global ids
         name = name.replace(f"deepspeed_experts.{local}.", f"deepspeed_experts.{layer.experts.first + local}.", 1)
-        torch.testing.assert_close(param.grad, twin_grads[name], rtol=0, atol=ATOL, msg=lambda m: f"{name}: {m}")
+        grad = param.grad if param.grad is not None else torch.zeros_like(param)
+        torch.testing.assert_close(grad, twin_grads[name], rtol=0, atol=ATOL, msg=lambda m: f"{name}: {m}")
     assert len(list(layer.experts.parameters())) == len(twin_grads) // ep
     return int(layer.dropped_tokens.sum())
 

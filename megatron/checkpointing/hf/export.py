@@ -1,7 +1,8 @@
 """Checkpoint of any layout -> a Hugging Face model folder (config.json, model.safetensors, tokenizer files).
 
 The architecture follows from the model configuration stored in the checkpoint: learned positions +
-LayerNorm + GELU become ``GPT2LMHeadModel``, RoPE + RMSNorm + SwiGLU (with GQA) ``LlamaForCausalLM``.
+LayerNorm + GELU become ``GPT2LMHeadModel``, RoPE + RMSNorm + SwiGLU (with GQA) ``LlamaForCausalLM``, and the
+same with Mixture-of-Experts MLPs ``MixtralForCausalLM``.
 """
 
 import os
@@ -11,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from megatron.checkpointing.consolidate import consolidated_weights
-from megatron.checkpointing.hf import gpt2, llama
+from megatron.checkpointing.hf import gpt2, llama, mixtral
 from megatron.checkpointing.hf.tokenizer_files import export_tokenizer
 from megatron.checkpointing.safe_load import CheckpointError
 
@@ -55,15 +56,17 @@ def _tokenizer_ids(data, vocab_size: int) -> Tuple[Optional[int], Optional[int]]
 def hf_state_and_config(weights: Dict[str, torch.Tensor], run_config):
     """(Hugging Face state dict, transformers config) for whole weights of ``run_config``'s model."""
     model = run_config.model
-    if run_config.moe.enabled:
-        # A Mixtral-shaped run would otherwise fit the Llama checks and lose its experts.
-        raise CheckpointError(f"the run has Mixture-of-Experts layers (--num-experts {run_config.moe.experts}); "
-                              f"export to Hugging Face MixtralForCausalLM is not supported yet")
-    family = hf_family(model)
+    family = "mixtral" if run_config.moe.enabled else hf_family(model)
     vocab = weights["embedding.word_embeddings.weight"].shape[0]
     if model.vocab_size and vocab != model.vocab_size:
         raise CheckpointError(f"the embedding has {vocab} rows but the run's vocabulary is {model.vocab_size}")
     bos, eos = _tokenizer_ids(run_config.data, model.vocab_size)
+    if family == "mixtral":
+        try:
+            config = mixtral.hf_config(model, run_config.moe, vocab, eos_token_id=eos, bos_token_id=bos)
+        except ValueError as error:
+            raise CheckpointError(f"{error}; such MoE runs cannot be exported to Hugging Face") from None
+        return mixtral.to_hf(weights, model), config
     if family == "gpt2":
         return gpt2.to_hf(weights, model), gpt2.hf_config(model, vocab, eos_token_id=eos)
     return llama.to_hf(weights, model), llama.hf_config(model, vocab, eos_token_id=eos, bos_token_id=bos)

@@ -13,11 +13,11 @@ from typing import Dict, Tuple
 
 import torch
 
-from megatron.checkpointing.hf import gpt2, llama
+from megatron.checkpointing.hf import gpt2, llama, mixtral
 from megatron.checkpointing.hf.tokenizer_files import copy_hf_tokenizer_files
 from megatron.checkpointing.safe_load import safe_torch_load
 
-FAMILIES = {"gpt2": gpt2, "llama": llama}
+FAMILIES = {"gpt2": gpt2, "llama": llama, "mixtral": mixtral}
 
 
 def read_hf_folder(hf_dir: str) -> Tuple[dict, Dict[str, torch.Tensor]]:

@@ -94,11 +94,12 @@ def to_hf(weights: Tensors, model) -> Tensors:
             hf[theirs + f"self_attn.k_proj.{suffix}"] = qkv[:, per_group].reshape(groups * head_size, *trailing)
             hf[theirs + f"self_attn.v_proj.{suffix}"] = qkv[:, per_group + 1].reshape(groups * head_size,
                                                                                     *trailing)
-            fc1 = weights[ours + f"mlp.linear_fc1.{suffix}"]
-            hf[theirs + f"mlp.gate_proj.{suffix}"] = fc1[0::2]
-            hf[theirs + f"mlp.up_proj.{suffix}"] = fc1[1::2]
             hf[theirs + f"self_attn.o_proj.{suffix}"] = weights[ours + f"self_attention.linear_proj.{suffix}"]
-            hf[theirs + f"mlp.down_proj.{suffix}"] = weights[ours + f"mlp.linear_fc2.{suffix}"]
+            if ours + f"mlp.linear_fc1.{suffix}" in weights:  # a dense MLP (mixtral.py maps MoE layers)
+                fc1 = weights[ours + f"mlp.linear_fc1.{suffix}"]
+                hf[theirs + f"mlp.gate_proj.{suffix}"] = fc1[0::2]
+                hf[theirs + f"mlp.up_proj.{suffix}"] = fc1[1::2]
+                hf[theirs + f"mlp.down_proj.{suffix}"] = weights[ours + f"mlp.linear_fc2.{suffix}"]
         hf[theirs + "input_layernorm.weight"] = weights[ours + "input_norm.weight"]
         hf[theirs + "post_attention_layernorm.weight"] = weights[ours + "post_attention_norm.weight"]
     return {name: tensor.contiguous() for name, tensor in hf.items()}
@@ -121,12 +122,13 @@ def from_hf(hf: Tensors, model) -> Tensors:
             # [groups, q + 2, hn(, h)] -> [(heads + 2 groups) hn(, h)]
             weights[ours + f"self_attention.linear_qkv.{suffix}"] = torch.cat([query, key, value], dim=1).reshape(
                 (heads + 2 * groups) * head_size, *trailing)
-            gate, up = hf[theirs + f"mlp.gate_proj.{suffix}"], hf[theirs + f"mlp.up_proj.{suffix}"]
-            # rows interleaved: [ffn, (h)] x 2 -> [ffn, 2, (h)] -> [2 ffn, (h)]
-            weights[ours + f"mlp.linear_fc1.{suffix}"] = torch.stack([gate, up], dim=1).reshape(
-                2 * gate.shape[0], *trailing)
             weights[ours + f"self_attention.linear_proj.{suffix}"] = hf[theirs + f"self_attn.o_proj.{suffix}"]
-            weights[ours + f"mlp.linear_fc2.{suffix}"] = hf[theirs + f"mlp.down_proj.{suffix}"]
+            if theirs + f"mlp.gate_proj.{suffix}" in hf:  # a dense MLP (mixtral.py maps MoE layers)
+                gate, up = hf[theirs + f"mlp.gate_proj.{suffix}"], hf[theirs + f"mlp.up_proj.{suffix}"]
+                # rows interleaved: [ffn, (h)] x 2 -> [ffn, 2, (h)] -> [2 ffn, (h)]
+                weights[ours + f"mlp.linear_fc1.{suffix}"] = torch.stack([gate, up], dim=1).reshape(
+                    2 * gate.shape[0], *trailing)
+                weights[ours + f"mlp.linear_fc2.{suffix}"] = hf[theirs + f"mlp.down_proj.{suffix}"]
         weights[ours + "input_norm.weight"] = hf[theirs + "input_layernorm.weight"]
         weights[ours + "post_attention_norm.weight"] = hf[theirs + "post_attention_layernorm.weight"]
     return {name: tensor.contiguous() for name, tensor in weights.items()}

@@ -1,7 +1,8 @@
 """A Megatron-DeepSpeed / Megatron-LM checkpoint folder -> ``<save>/global_step0`` that training can --load.
 
-Weights only: the source's optimizer state is laid out by its own parameter groups and ZeRO partitions, which
-do not map onto this model's, so the import starts at iteration 0 and training continues from it with
+Weights only: a Megatron folder's optimizer state is laid out by its own parameter groups and ZeRO partitions,
+which do not map onto this model's (a ds_to_universal folder's does: ``--load`` it directly to resume, see
+direct_load.py), so this import starts at iteration 0 and training continues from it with
 ``--finetune`` (another TP/PP/ZeRO layout adds ``--universal-checkpoint``). The tokenizer comes from the
 flags given, else from the paths in the source's pickled arguments; its files are copied to
 ``<save>/tokenizer`` and its fingerprint is recorded, so a later resume checks it.
@@ -13,7 +14,7 @@ from typing import Optional
 from megatron.checkpointing.megatron_import.arguments import QKV_ORDERS, model_fields, parallel_sizes, qkv_order
 from megatron.checkpointing.megatron_import.merge import canonical_names, whole_weights
 from megatron.checkpointing.megatron_import.sources import (open_megatron_checkpoint, rank_states,
-                                                            universal_pipeline_names)
+                                                            universal_optimizer_state, universal_pipeline_names)
 from megatron.checkpointing.safe_load import CheckpointError
 
 
@@ -56,15 +57,16 @@ def _carry_tokenizer(settings: dict, save_dir: str, given: bool, log):
     return tokenizer, settings
 
 
-def read_whole_weights(source, fields: dict, model, order: str):
-    """Every tensor of ``source`` merged over its TP/PP ranks, in our names (vocabulary still padded)."""
+def read_whole_weights(source, fields: dict, model, order: str, state_key: str = "fp32"):
+    """Every tensor of ``source`` merged over its TP/PP ranks, in our names (vocabulary still padded);
+    ``state_key`` exp_avg / exp_avg_sq reads a universal source's Adam moments through the same mapping."""
     tp, pp = parallel_sizes(source.args)
     if source.kind == "megatron-lm" and fields["num_layers"] % pp:
         raise CheckpointError(f"{source.folder}: {fields['num_layers']} layers over {pp} pipeline stages is an "
                               f"uneven split; importing one is not implemented")
     layers_per_stage = fields["num_layers"] // pp
     ranks = {}
-    for pp_rank, tp_rank, state in rank_states(source):
+    for pp_rank, tp_rank, state in rank_states(source, state_key):
         pipeline_names = source.kind == "megds-pipeline" or (source.kind == "megds-universal"
                                                              and universal_pipeline_names(state))
         offset = 0 if pipeline_names else pp_rank * layers_per_stage
@@ -118,4 +120,7 @@ def convert_megatron_checkpoint(load_dir: str, save_dir: str, *, tokenizer_type:
         tokenizer=tokenizer_fingerprint(tokenizer, run_config.data) if tokenizer is not None else None)
     log(f"> imported {source.folder} ({source.kind}, TP={tp} PP={pp}, iteration {source.iteration}, QKV rows "
         f"{order}) into {folder}; weights only: train on it with --load {save_dir} --finetune")
+    if universal_optimizer_state(source) is not None:
+        log(f"> {source.folder} also holds Adam moments: to resume with them (iteration, LR position and optimizer "
+            f"state carried), --load {load_dir} directly without --finetune instead")
     return folder

@@ -49,14 +49,23 @@ def _read_text(path: str) -> Optional[str]:
         return handle.read().strip()
 
 
+def _step_number(tag: Optional[str]) -> int:
+    found = re.search(r"(\d+)", tag or "")
+    return int(found.group(1)) if found else -1
+
+
 def _tag_folder(load_dir: str) -> str:
     """The checkpoint folder ``load_dir`` points at: itself, or the tag its `latest` files name."""
     if glob.glob(os.path.join(load_dir, "*model_states.pt")) or glob.glob(os.path.join(load_dir, "mp_rank_*")):
         return load_dir
     tag = _read_text(os.path.join(load_dir, "latest"))
+    universal = _read_text(os.path.join(load_dir, "latest_universal"))  # written by ds_to_universal
+    # The ds_to_universal copy holds the optimizer state; it wins unless training saved a newer step since.
+    if universal is not None and os.path.isdir(os.path.join(load_dir, universal, "zero")) and \
+            _step_number(universal) >= _step_number(tag):
+        return os.path.join(load_dir, universal)
     if tag is not None and os.path.isdir(os.path.join(load_dir, tag)):
         return os.path.join(load_dir, tag)
-    universal = _read_text(os.path.join(load_dir, "latest_universal"))  # written by ds_to_universal
     if universal is not None and os.path.isdir(os.path.join(load_dir, universal)):
         return os.path.join(load_dir, universal)
     iteration = _read_text(os.path.join(load_dir, "latest_checkpointed_iteration.txt"))
@@ -169,12 +178,20 @@ def _flatten(tree, prefix="") -> Dict[str, torch.Tensor]:
 UNIVERSAL_PIPELINE_NAME = re.compile(r"^(\d+)\.(.+)$")
 
 
-def _universal_state(source: MegatronSource) -> Dict[str, torch.Tensor]:
-    """Whole tensors by name; pipeline-form names become ``layer_XX.<key>`` (the tied embedding is layer 1)."""
+UNIVERSAL_MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def _universal_state(source: MegatronSource, state_key: str = "fp32") -> Dict[str, torch.Tensor]:
+    """Whole tensors by name (``state_key``: fp32 master weights, or an Adam moment ds_to_universal merged by the
+    same rules); pipeline-form names become ``layer_XX.<key>`` (the tied embedding is layer 1)."""
     state = {}
     zero = os.path.join(source.folder, "zero")
     for name in sorted(os.listdir(zero)):
-        path = os.path.join(zero, name, "fp32.pt")
+        if os.path.isfile(os.path.join(zero, name, "fp32.pt")) and state_key != "fp32" and \
+                not os.path.isfile(os.path.join(zero, name, f"{state_key}.pt")):
+            raise CheckpointError(f"{os.path.join(zero, name)} has fp32.pt but no {state_key}.pt: the universal "
+                                  f"checkpoint's optimizer state is incomplete")
+        path = os.path.join(zero, name, f"{state_key}.pt")
         if not os.path.isfile(path):
             continue  # optimizer_state.pt and the like
         stored = safe_megatron_load(path)
@@ -192,12 +209,35 @@ def universal_pipeline_names(state: Dict[str, torch.Tensor]) -> bool:
     return any(name.startswith("layer_") for name in state)
 
 
-def rank_states(source: MegatronSource):
+def universal_optimizer_state(source: MegatronSource) -> Optional[dict]:
+    """Adam's step count and the training position of a ds_to_universal folder whose every parameter has
+    exp_avg.pt and exp_avg_sq.pt; None when the folder holds weights only (or is not a universal one)."""
+    if source.kind != "megds-universal":
+        return None
+    zero = os.path.join(source.folder, "zero")
+    params = [name for name in sorted(os.listdir(zero)) if os.path.isfile(os.path.join(zero, name, "fp32.pt"))]
+    if not params or not all(os.path.isfile(os.path.join(zero, name, f"{key}.pt"))
+                             for name in params for key in UNIVERSAL_MOMENTS):
+        return None
+    step_path = os.path.join(zero, params[0], "step.pt")
+    step = safe_megatron_load(step_path) if os.path.isfile(step_path) else source.iteration
+    head = safe_megatron_load(source.files[min(source.files)])
+    samples = source.args.get("consumed_train_samples")
+    if samples is None and isinstance(head.get("lr_scheduler"), dict):
+        samples = head["lr_scheduler"].get("num_steps")  # Megatron's scheduler counts samples
+    tokens = head.get("tokens", source.args.get("consumed_train_tokens"))
+    return {"adam_step": float(step.item() if torch.is_tensor(step) else step),
+            "consumed_train_samples": None if samples is None else int(samples),
+            "consumed_train_tokens": None if tokens is None else int(tokens)}
+
+
+def rank_states(source: MegatronSource, state_key: str = "fp32"):
     """Yield (pp_rank, tp_rank, {name: tensor}) for every rank file; pipeline layer files come as one
-    state per tensor rank with names ``layer_XX.<key>``."""
+    state per tensor rank with names ``layer_XX.<key>``. ``state_key`` other than fp32: universal sources only."""
     if source.kind == "megds-universal":
-        yield 0, 0, _universal_state(source)
+        yield 0, 0, _universal_state(source, state_key)
         return
+    assert state_key == "fp32", state_key
     if source.kind == "megds-pipeline":
         for tp_rank, entries in sorted(source.layer_files.items()):
             state = {}

@@ -109,3 +109,15 @@ def collect_expert_load(module: nn.Module) -> Dict[str, List[int]]:
             load[f"moe{index}.tokens_per_expert"] = layer.tokens_per_expert.tolist()
             load[f"moe{index}.dropped"] = int(layer.dropped_tokens.sum())
     return load
+
+
+def update_expert_biases(module: nn.Module) -> None:
+    """After an optimizer step: move every MoE layer's router expert bias by the load of the whole batch
+    (summed over data x context parallelism, which holds expert parallelism, and over TP under sequence
+    parallelism)."""
+    for layer in moe_layers(module):
+        if layer.router.score_bias is not None:
+            groups = [ps.get_data_parallel_group(with_context_parallel=True)]  # CP ranks hold other tokens
+            if layer.sequence_parallel:
+                groups.append(ps.get_tensor_model_parallel_group())
+            layer.router.update_expert_bias(groups)

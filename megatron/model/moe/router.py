@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from megatron.core import comm
 from megatron.core.tensor_parallel import init_method_normal
 from megatron.core.tensor_parallel.layers import mark_replicated, new_parameter
 from megatron.model.moe.collectives import sum_over
@@ -62,6 +63,16 @@ class Router(nn.Module):
         self.min_capacity = moe.moe_min_capacity
         self.weight = new_parameter((self.num_experts, hidden_size), init_method_normal(init_method_std), params_dtype)
         mark_replicated(self.weight, sequence_parallel)
+        self.bias_update_rate = moe.moe_router_bias_update_rate
+        if not moe.moe_router_enable_expert_bias:
+            self.score_bias: Optional[torch.Tensor] = None
+        else:
+            # A buffer, not a parameter: moved by update_expert_bias, saved with the module's state. Not named
+            # "expert_bias": DeepSpeed saves every MoE-module key containing "expert" as a routed expert.
+            self.register_buffer("score_bias", torch.zeros(self.num_experts, dtype=torch.float32))
+            # Slots routed to each expert since the last update (this rank's tokens; not saved: updates happen
+            # at step ends, where checkpoints are taken, so it is zero there).
+            self.register_buffer("load_since_update", torch.zeros(self.num_experts), persistent=False)
 
     def capacity(self, tokens: int) -> Optional[int]:
         factor = self.capacity_factor if self.training else self.eval_capacity_factor
@@ -71,6 +82,8 @@ class Router(nn.Module):
 
     def _scores(self, logits: torch.Tensor):
         """(top-k ids, their weights, scores over all experts for the balancing loss)."""
+        if self.score_bias is not None:
+            return self._biased_scores(logits)
         if self.score_function == "sigmoid":
             scores = torch.sigmoid(logits)
             top, experts = torch.topk(scores, self.topk, dim=-1)
@@ -84,6 +97,27 @@ class Router(nn.Module):
             weights = torch.softmax(top_logits, dim=-1)
         return experts, weights, probs
 
+    def _biased_scores(self, logits: torch.Tensor):
+        """The same weights as _scores, but the experts chosen by score + score_bias."""
+        scores = torch.sigmoid(logits) if self.score_function == "sigmoid" else torch.softmax(logits, dim=-1)
+        _, experts = torch.topk(scores + self.score_bias, self.topk, dim=-1)
+        top = scores.gather(-1, experts)
+        renormalise = self.topk > 1 if self.score_function == "sigmoid" else not self.pre_softmax
+        weights = top / top.sum(-1, keepdim=True) if renormalise else top
+        balancing = scores / scores.sum(-1, keepdim=True) if self.score_function == "sigmoid" else scores
+        return experts, weights, balancing
+
+    @torch.no_grad()
+    def update_expert_bias(self, load_groups) -> None:
+        """bias += rate * sign(mean load - load), the load summed over every group of ``load_groups`` (so over
+        the whole batch: every rank then moves its bias the same way)."""
+        load = self.load_since_update.clone()
+        for group in load_groups:
+            if group is not None and comm.get_world_size(group) > 1:
+                comm.all_reduce(load, group=group)
+        self.score_bias.add_(self.bias_update_rate * torch.sign(load.mean() - load))
+        self.load_since_update.zero_()
+
     def forward(self, hidden: torch.Tensor, batch_size: int, loss_group=None) -> Routing:
         """hidden [T, h] with T = s_local * b tokens in [s, b] order; loss_group: the TP group under sequence
         parallelism (None otherwise)."""
@@ -94,6 +128,9 @@ class Router(nn.Module):
         if capacity is not None:
             kept = capacity_mask(experts, weights, self.num_experts, capacity)
             weights = weights * kept
+        if self.score_bias is not None and self.training:
+            with torch.no_grad():
+                self.load_since_update += torch.bincount(experts.reshape(-1), minlength=self.num_experts)
         zero = logits.new_zeros(())
         aux = self._balancing_loss(experts, scores, batch_size, loss_group) if self.training and self.aux_coeff \
             and self.balancing != "none" else zero
