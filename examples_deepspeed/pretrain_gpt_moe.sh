@@ -58,6 +58,9 @@ cat > "${DS_CONFIG}" <<EOT
 }
 EOT
 
+# Megatron-DeepSpeed's recipe recomputes whole layers (--checkpoint-activations); here full recomputation with
+# MoE aux losses is refused (the recomputed routers' losses would get no gradient), so this recomputes the
+# attention core only (selective).
 # shellcheck disable=SC2086  # LAUNCHER is a word list on purpose
 exec ${LAUNCHER} pretrain_gpt_ds.py \
   --override-opt_param-scheduler \
@@ -83,7 +86,7 @@ exec ${LAUNCHER} pretrain_gpt_ds.py \
   --log-validation-ppl-to-tensorboard --tensorboard-dir "${OUTPUT_DIR}/tensorboard" \
   --output-dir "${OUTPUT_DIR}" \
   --create-moe-param-group \
-  --checkpoint-activations --deepspeed-activation-checkpointing \
+  --recompute-granularity selective --deepspeed-activation-checkpointing \
   --deepspeed --deepspeed_config "${DS_CONFIG}" --zero-stage "${ZERO_STAGE}" \
   --pipeline-model-parallel-size 1 --no-pipeline-parallel \
   "$@"
