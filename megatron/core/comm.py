@@ -6,6 +6,7 @@ DeepSpeed JSON) sees tensor- and pipeline-parallel traffic next to ZeRO's. ``dee
 ``deepspeed.init_distributed``), :func:`init_distributed` attaches DeepSpeed to that process group.
 """
 
+import contextlib
 import datetime
 import os
 
@@ -184,3 +185,19 @@ def destroy_world():
     """Leave the default process group; without it a rank can abort at interpreter exit."""
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+@contextlib.contextmanager
+def world_of_one(tool: str):
+    """For single-process tools (checkpoint conversion): join a gloo world of one unless a world exists, refuse
+    a larger world (the tool would run on every rank at once), and leave the world it joined on exit."""
+    started_here = not is_initialized()
+    if started_here:
+        init_distributed("gloo")
+    try:
+        if get_world_size() != 1:
+            raise ValueError(f"{tool} runs on one process, not {get_world_size()}; launch it with python")
+        yield
+    finally:
+        if started_here:
+            destroy_world()

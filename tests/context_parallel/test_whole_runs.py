@@ -8,9 +8,9 @@ losses, validation losses and the global gradient norm of every step must match 
 
 import pytest
 
-from tests.distributed import run_on_ranks
 from tests.training.conftest import synthetic_corpus  # noqa: F401  (the shared corpus fixture)
 from tests.training.test_parity import RTOL, STEPS, _values
+from tests.training.whole_runs import train
 
 # (family, name, world size, flag overrides, ZeRO stage). Eight runs in all (the suite's time budget), chosen
 # so that each algorithm runs with both families (learned positions and RoPE + GQA), each with TP=2, every
@@ -34,24 +34,11 @@ ZERO3_NORM_RTOL = 2 * RTOL
 DOCUMENTS = {"gpt": dict(reset_position_ids=True, reset_attention_mask=True, eod_mask_loss=True), "llama": {}}
 
 
-def _run(values, deepspeed_config):
-    from megatron.config import resolve_config
-    from megatron.core import comm
-    from megatron.training.pretrain import pretrain
-
-    config = resolve_config(values, deepspeed_config=deepspeed_config, world_size=comm.get_world_size())
-    state = pretrain(config, printer=lambda message: None)
-    norms = [record["grad_norm"] for record in state.history if "grad_norm" in record and "eval_loss" not in record]
-    evals = [record["eval_loss"] for record in state.history if "eval_loss" in record]
-    return state.losses, evals, norms
-
-
 def run(world_size, family, corpus, overrides, deepspeed_config):
     # log every step: every grad norm
-    values = _values(family, corpus, log_interval=1, **DOCUMENTS[family], **overrides)
-    results = run_on_ranks(world_size, _run, values=values, deepspeed_config=deepspeed_config)
-    assert all(result == results[0] for result in results), "ranks disagree on the reported figures"
-    return results[0]
+    figures = train(world_size, _values(family, corpus, log_interval=1, **DOCUMENTS[family], **overrides),
+                    deepspeed_config)
+    return figures["losses"], figures["evals"], figures["norms"]
 
 
 _BASELINES = {}
@@ -82,14 +69,9 @@ def test_context_parallel_run_matches_single_rank(family, layout, world, overrid
                  ZERO3_NORM_RTOL if zero_stage == 3 else RTOL)
 
 
-def _losses_and_iteration(values, deepspeed_config):
-    from megatron.config import resolve_config
-    from megatron.core import comm
-    from megatron.training.pretrain import pretrain
-
-    config = resolve_config(values, deepspeed_config=deepspeed_config, world_size=comm.get_world_size())
-    state = pretrain(config, printer=lambda message: None)
-    return state.iteration, state.losses
+def _losses_and_iteration(world_size, values, deepspeed_config):
+    figures = train(world_size, values, deepspeed_config)
+    return figures["iteration"], figures["losses"]
 
 
 def test_ring_cp2_checkpoint_resumes_at_cp1(synthetic_corpus, tmp_path):  # noqa: F811
@@ -98,12 +80,10 @@ def test_ring_cp2_checkpoint_resumes_at_cp1(synthetic_corpus, tmp_path):  # noqa
     expected_losses = baseline("llama", synthetic_corpus)[0]
     save_dir = str(tmp_path / "checkpoints")
     zero0 = {"zero_optimization": {"stage": 0}}
-    first = run_on_ranks(2, _losses_and_iteration, deepspeed_config=zero0,
-                         values=_values("llama", synthetic_corpus, log_interval=1, context_parallel_size=2,
-                                        save=save_dir, exit_interval=5))[0]
+    first = _losses_and_iteration(2, _values("llama", synthetic_corpus, log_interval=1, context_parallel_size=2,
+                                             save=save_dir, exit_interval=5), zero0)
     assert first[0] == 5
     assert_close(first[1], expected_losses[:5], "CP=2 before the save: step loss")
-    resumed = run_on_ranks(1, _losses_and_iteration, deepspeed_config=zero0,
-                           values=_values("llama", synthetic_corpus, log_interval=1, load=save_dir))[0]
+    resumed = _losses_and_iteration(1, _values("llama", synthetic_corpus, log_interval=1, load=save_dir), zero0)
     assert resumed[0] == STEPS
     assert_close(resumed[1], expected_losses[5:], "resumed at CP=1: step loss")

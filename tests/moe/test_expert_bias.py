@@ -11,10 +11,11 @@
 import pytest
 import torch
 
-from tests.distributed import distributed_test, run_on_ranks
+from tests.distributed import distributed_test
 from tests.moe.test_moe_layer import _compare, _configs
-from tests.moe.test_moe_training import RTOL, _moe_values, _run
+from tests.moe.test_moe_training import RTOL, _moe_values
 from tests.training.test_parity import assert_losses_close
+from tests.training.whole_runs import train
 
 
 def test_bias_update_formula_and_selection_only():
@@ -50,26 +51,21 @@ EXPERT_BIAS = dict(moe_router_enable_expert_bias=True, moe_router_bias_update_ra
 
 
 def test_expert_parallel_run_with_expert_bias_equals_single_rank(synthetic_corpus):
-    single = _run(1, _moe_values("mixtral", synthetic_corpus, **EXPERT_BIAS), {"zero_optimization": {"stage": 0}})
-    parallel = _run(2, _moe_values("mixtral", synthetic_corpus, expert_model_parallel_size=2, **EXPERT_BIAS),
-                    {"zero_optimization": {"stage": 1}})
-    assert_losses_close(parallel[0], single[0], RTOL, "losses")
-    assert len(parallel[1]) == len(single[1]) and single[1]
-    for a, e in zip(parallel[1], single[1]):
+    single = train(1, _moe_values("mixtral", synthetic_corpus, **EXPERT_BIAS), {"zero_optimization": {"stage": 0}})
+    parallel = train(2, _moe_values("mixtral", synthetic_corpus, expert_model_parallel_size=2, **EXPERT_BIAS),
+                     {"zero_optimization": {"stage": 1}})
+    assert_losses_close(parallel["losses"], single["losses"], RTOL, "losses")
+    assert len(parallel["norms"]) == len(single["norms"]) and single["norms"]
+    for a, e in zip(parallel["norms"], single["norms"]):
         assert abs(a - e) <= RTOL * abs(e), f"grad norm {a} vs single-rank {e}"
-    without = _run(1, _moe_values("mixtral", synthetic_corpus), {"zero_optimization": {"stage": 0}})
-    assert max(abs(a - b) for a, b in zip(single[0], without[0])) > 1e-4, "the expert bias changed nothing"
+    without = train(1, _moe_values("mixtral", synthetic_corpus), {"zero_optimization": {"stage": 0}})
+    gap = max(abs(a - b) for a, b in zip(single["losses"], without["losses"]))
+    assert gap > 1e-4, "the expert bias changed nothing"
 
 
 def _bias_run(values):
-    from megatron.config import resolve_config
-    from megatron.core import comm
-    from megatron.training.pretrain import pretrain
-
-    config = resolve_config(values, deepspeed_config={"zero_optimization": {"stage": 1}},
-                            world_size=comm.get_world_size())
-    state = pretrain(config, printer=lambda message: None)
-    return state.iteration, state.losses
+    run = train(2, values, {"zero_optimization": {"stage": 1}})
+    return run["iteration"], run["losses"]
 
 
 def test_resume_with_expert_bias_is_exact(synthetic_corpus, tmp_path):
@@ -77,12 +73,11 @@ def test_resume_with_expert_bias_is_exact(synthetic_corpus, tmp_path):
 
     save_dir = str(tmp_path / "ckpt")
     values = dict(expert_model_parallel_size=2, train_iters=6, lr_decay_iters=6, eval_interval=100, **EXPERT_BIAS)
-    uninterrupted = run_on_ranks(2, _bias_run, values=_moe_values("mixtral", synthetic_corpus, **values))[0]
-    first = run_on_ranks(2, _bias_run, values=_moe_values("mixtral", synthetic_corpus, save=save_dir,
-                                                           exit_interval=3, **values))[0]
+    uninterrupted = _bias_run(_moe_values("mixtral", synthetic_corpus, **values))
+    first = _bias_run(_moe_values("mixtral", synthetic_corpus, save=save_dir, exit_interval=3, **values))
     assert first == (3, uninterrupted[1][:3])
     saved = safe_torch_load(f"{save_dir}/global_step3/mp_rank_00_model_states.pt")["module"]
     bias = saved["layers.0.mlp.router.score_bias"]
     assert bias.abs().sum() > 0, "the saved expert bias never moved"
-    resumed = run_on_ranks(2, _bias_run, values=_moe_values("mixtral", synthetic_corpus, load=save_dir, **values))[0]
+    resumed = _bias_run(_moe_values("mixtral", synthetic_corpus, load=save_dir, **values))
     assert resumed == (6, uninterrupted[1][3:]), (resumed, uninterrupted)

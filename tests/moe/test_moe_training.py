@@ -7,8 +7,8 @@ change the model. A negative control shows the MoE model trains differently from
 
 import pytest
 
-from tests.distributed import run_on_ranks
 from tests.training.test_parity import STEPS, _values, assert_losses_close
+from tests.training.whole_runs import train
 
 RTOL = 1e-4
 MOE = dict(num_experts=(4,), moe_router_topk=2, moe_aux_loss_coeff=0.01, moe_z_loss_coeff=0.001)
@@ -36,31 +36,12 @@ def _moe_values(family, corpus, **overrides):
     return values
 
 
-def _train(values, deepspeed_config):
-    from megatron.config import resolve_config
-    from megatron.core import comm
-    from megatron.training.pretrain import pretrain
-
-    config = resolve_config(values, deepspeed_config=deepspeed_config, world_size=comm.get_world_size())
-    state = pretrain(config, printer=lambda message: None)
-    train = [record for record in state.history if "grad_norm" in record and "eval_loss" not in record]
-    # the logged MoE figures of the last log interval: aux loss and every layer's expert load
-    moe = {key: value for key, value in train[-1].items() if key.startswith("moe")}
-    return state.losses, [record["grad_norm"] for record in train], moe
-
-
-def _run(world_size, values, deepspeed_config):
-    results = run_on_ranks(world_size, _train, values=values, deepspeed_config=deepspeed_config)
-    assert all(result == results[0] for result in results), "ranks disagree on the reported losses"
-    return results[0]
-
-
 _BASELINES = {}
 
 
 def _baseline(family, corpus):
     if family not in _BASELINES:
-        _BASELINES[family] = _run(1, _moe_values(family, corpus), {"zero_optimization": {"stage": 0}})
+        _BASELINES[family] = train(1, _moe_values(family, corpus), {"zero_optimization": {"stage": 0}})
     return _BASELINES[family]
 
 
@@ -74,8 +55,10 @@ CASES = [("gpt", layout) for layout in sorted(LAYOUTS)] + [("mixtral", "ep2_zero
 @pytest.mark.parametrize("family,layout", CASES)
 def test_expert_parallel_run_equals_single_rank(family, layout, synthetic_corpus):
     world, overrides, ds_json = LAYOUTS[layout]
-    expected_losses, expected_norms, expected_moe = _baseline(family, synthetic_corpus)
-    losses, norms, moe = _run(world, _moe_values(family, synthetic_corpus, **overrides), ds_json)
+    expected = _baseline(family, synthetic_corpus)
+    expected_losses, expected_norms, expected_moe = expected["losses"], expected["norms"], expected["moe"]
+    run = train(world, _moe_values(family, synthetic_corpus, **overrides), ds_json)
+    losses, norms, moe = run["losses"], run["norms"], run["moe"]
     assert_losses_close(losses, expected_losses, RTOL, f"{family} {layout}")
     assert len(norms) == len(expected_norms) and norms, (norms, expected_norms)
     for a, e in zip(norms, expected_norms):
@@ -89,7 +72,7 @@ def test_expert_parallel_run_equals_single_rank(family, layout, synthetic_corpus
 
 
 def test_negative_control_moe_differs_from_dense(synthetic_corpus):
-    moe_losses, _, _ = _baseline("gpt", synthetic_corpus)
-    dense_losses, _, _ = _run(1, _values("gpt", synthetic_corpus), {"zero_optimization": {"stage": 0}})
+    moe_losses = _baseline("gpt", synthetic_corpus)["losses"]
+    dense_losses = train(1, _values("gpt", synthetic_corpus), {"zero_optimization": {"stage": 0}})["losses"]
     assert moe_losses[0] != dense_losses[0]
     assert max(abs(a - b) for a, b in zip(moe_losses, dense_losses)) > 1e-2, (moe_losses, dense_losses)

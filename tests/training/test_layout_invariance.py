@@ -11,8 +11,9 @@ iterations within 1e-4.
 import pytest
 
 from tests.training.corpus import write_synthetic_corpus
-from tests.training.test_parity import STEPS, train_losses
+from tests.training.test_parity import STEPS
 from tests.training.test_parity import _values as parity_values
+from tests.training.whole_runs import train
 
 PADDED_VOCAB = 599  # NullTokenizer ids 0..598 + EOD = 600 ids
 SEEDS = (1234, 7)
@@ -61,7 +62,7 @@ _BASELINES = {}
 def baseline(family, seed, corpus):
     key = (family, seed)
     if key not in _BASELINES:
-        _BASELINES[key] = train_losses(1, _values(family, seed, corpus), {"zero_optimization": {"stage": 0}})[0]
+        _BASELINES[key] = train(1, _values(family, seed, corpus), {"zero_optimization": {"stage": 0}})["losses"]
     return _BASELINES[key]
 
 
@@ -71,7 +72,7 @@ def baseline(family, seed, corpus):
 def test_layout_trains_the_single_rank_model(family, seed, layout, corpus):
     world, overrides, deepspeed_config = LAYOUTS[layout]
     expected = baseline(family, seed, corpus)
-    losses, _ = train_losses(world, _values(family, seed, corpus, **overrides), deepspeed_config)
+    losses = train(world, _values(family, seed, corpus, **overrides), deepspeed_config)["losses"]
     what = f"{family} seed {seed} {layout}"
     assert len(losses) == len(expected) == STEPS, f"{what}: {len(losses)} vs {len(expected)} steps"
     assert abs(losses[0] - expected[0]) <= FIRST_RTOL * expected[0], \

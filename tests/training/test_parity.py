@@ -6,8 +6,8 @@ single-rank run within 1e-4 relative (bf16: 2e-2); activation checkpointing must
 
 import pytest
 
-from tests.distributed import run_on_ranks
 from tests.training.corpus import VOCAB
+from tests.training.whole_runs import train
 
 STEPS = 10
 RTOL = 1e-4
@@ -44,29 +44,12 @@ def _values(family, corpus, **overrides):
     return values
 
 
-def _train(values, deepspeed_config):
-    from megatron.config import resolve_config
-    from megatron.core import comm
-    from megatron.training.pretrain import pretrain
-
-    config = resolve_config(values, deepspeed_config=deepspeed_config, world_size=comm.get_world_size())
-    state = pretrain(config, printer=lambda message: None)
-    evals = [record["eval_loss"] for record in state.history if "eval_loss" in record]
-    return state.losses, evals
-
-
-def train_losses(world_size, values, deepspeed_config):
-    results = run_on_ranks(world_size, _train, values=values, deepspeed_config=deepspeed_config)
-    assert all(result == results[0] for result in results), "ranks disagree on the reported losses"
-    return results[0]
-
-
 _BASELINES = {}
 
 
 def baseline(family, corpus):
     if family not in _BASELINES:
-        _BASELINES[family] = train_losses(1, _values(family, corpus), {"zero_optimization": {"stage": 0}})
+        _BASELINES[family] = train(1, _values(family, corpus), {"zero_optimization": {"stage": 0}})
     return _BASELINES[family]
 
 
@@ -80,16 +63,16 @@ def assert_losses_close(actual, expected, rtol, what):
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_layout_matches_single_rank(family, layout, synthetic_corpus):
     world, overrides, deepspeed_config = LAYOUTS[layout]
-    expected_losses, expected_evals = baseline(family, synthetic_corpus)
-    losses, evals = train_losses(world, _values(family, synthetic_corpus, **overrides), deepspeed_config)
-    assert_losses_close(losses, expected_losses, RTOL, f"{family} {layout}")
-    assert len(evals) == len(expected_evals) == 2
-    for a, e in zip(evals, expected_evals):
+    expected = baseline(family, synthetic_corpus)
+    run = train(world, _values(family, synthetic_corpus, **overrides), deepspeed_config)
+    assert_losses_close(run["losses"], expected["losses"], RTOL, f"{family} {layout}")
+    assert len(run["evals"]) == len(expected["evals"]) == 2
+    for a, e in zip(run["evals"], expected["evals"]):
         assert abs(a - e) <= RTOL * abs(e), f"{family} {layout}: validation loss {a!r} vs {e!r}"
 
 
 def test_single_rank_loss_falls(synthetic_corpus):
-    losses, _ = baseline("gpt", synthetic_corpus)
+    losses = baseline("gpt", synthetic_corpus)["losses"]
     assert losses[-1] < losses[0] - 0.3, f"loss did not fall: {losses}"
 
 
@@ -99,15 +82,15 @@ def test_activation_checkpointing_changes_nothing(family, granularity, synthetic
     """With dropout on and TP=2: recomputation replays the per-TP-rank dropout masks bit for bit."""
     dropout = dict(hidden_dropout=0.1, attention_dropout=0.1, tensor_model_parallel_size=2)
     deepspeed_config = {"zero_optimization": {"stage": 1}}
-    plain = train_losses(2, _values(family, synthetic_corpus, **dropout), deepspeed_config)
-    recomputed = train_losses(2, _values(family, synthetic_corpus, recompute_granularity=granularity, **dropout),
-                              deepspeed_config)
+    plain = train(2, _values(family, synthetic_corpus, **dropout), deepspeed_config)
+    recomputed = train(2, _values(family, synthetic_corpus, recompute_granularity=granularity, **dropout),
+                       deepspeed_config)
     assert recomputed == plain
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_bf16_stays_close_to_fp32(family, synthetic_corpus):
-    expected_losses, _ = baseline(family, synthetic_corpus)
-    losses, _ = train_losses(1, _values(family, synthetic_corpus),
-                             {"zero_optimization": {"stage": 1}, "bf16": {"enabled": True}})
+    expected_losses = baseline(family, synthetic_corpus)["losses"]
+    losses = train(1, _values(family, synthetic_corpus),
+                   {"zero_optimization": {"stage": 1}, "bf16": {"enabled": True}})["losses"]
     assert_losses_close(losses, expected_losses, BF16_RTOL, f"{family} bf16")

@@ -31,17 +31,9 @@ def main(argv=None) -> str:
     from megatron.checkpointing.hf import write_checkpoint_from_hf
     from megatron.core import comm
 
-    started_here = not comm.is_initialized()
-    if started_here:
-        comm.init_distributed("gloo")  # a world of one: the conversion runs on a single process
-    if comm.get_world_size() != 1:
-        raise ValueError(f"convert_from_hf runs on one process, not {comm.get_world_size()}; launch it with python")
-    try:
+    with comm.world_of_one("convert_from_hf"):
         return write_checkpoint_from_hf(args.hf, args.save,
                                         make_vocab_size_divisible_by=args.make_vocab_size_divisible_by)
-    finally:
-        if started_here:
-            comm.destroy_world()
 
 
 if __name__ == "__main__":

@@ -40,19 +40,10 @@ def main(argv=None) -> str:
     from megatron.checkpointing.megatron_import import convert_megatron_checkpoint
     from megatron.core import comm
 
-    started_here = not comm.is_initialized()
-    if started_here:
-        comm.init_distributed("gloo")  # a world of one: the conversion runs on a single process
-    if comm.get_world_size() != 1:
-        raise ValueError(f"convert_from_megatron runs on one process, not {comm.get_world_size()}; launch it "
-                         f"with python")
-    try:
+    with comm.world_of_one("convert_from_megatron"):
         return convert_megatron_checkpoint(args.load, args.save, tokenizer_type=args.tokenizer_type,
                                            tokenizer_model=args.tokenizer_model, vocab_file=args.vocab_file,
                                            merge_file=args.merge_file, qkv_row_order=args.qkv_row_order)
-    finally:
-        if started_here:
-            comm.destroy_world()
 
 
 if __name__ == "__main__":
