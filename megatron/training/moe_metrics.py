@@ -1,5 +1,6 @@
 """Per-step MoE figures for the log line, the metrics file and TensorBoard: the aux (+ z) loss apart from the
-LM loss, and each MoE layer's expert load (kept tokens per expert, dropped tokens) summed over data parallel."""
+LM loss, and each MoE layer's expert load (kept tokens per expert, dropped tokens) summed over data and tensor
+parallel ranks."""
 
 from typing import Dict, List
 
@@ -31,8 +32,8 @@ class MoEMetrics:
                 self._load[key] = value + (previous or 0)
 
     def step_figures(self) -> Dict[str, object]:
-        """The step's mean aux loss over micro-batches and DP ranks, and the load summed over DP ranks (one
-        collective); resets for the next step. Every rank must call it."""
+        """The step's mean aux loss over micro-batches and DP ranks, and the load summed over DP (and TP) ranks;
+        resets for the next step. Every rank must call it."""
         keys = sorted(self._load)
         flat: List[float] = [self._aux / max(self._micro_batches, 1)]
         for key in keys:
@@ -40,6 +41,12 @@ class MoEMetrics:
             flat.extend(value if isinstance(value, list) else [value])
         tensor = torch.tensor(flat, dtype=torch.float64)
         comm.all_reduce(tensor, group=ps.get_data_parallel_group())
+        if ps.get_tensor_model_parallel_world_size() > 1:
+            # MoE with TP runs under sequence parallelism: each TP rank routes its own slice of the tokens, so
+            # the layer's load is the sum over TP too (the aux loss is already reduced over TP by the router)
+            load = tensor[1:].clone()
+            comm.all_reduce(load, group=ps.get_tensor_model_parallel_group())
+            tensor[1:] = load
         figures: Dict[str, object] = {"moe_aux_loss": tensor[0].item() / ps.get_data_parallel_world_size()}
         position = 1
         for key in keys:

@@ -29,5 +29,8 @@ def _train(values, deepspeed_config):
 def train(world_size, values, deepspeed_config):
     """The figures of one run on `world_size` ranks: iteration, losses, evals, norms (per logged step), moe."""
     results = run_on_ranks(world_size, _train, values=values, deepspeed_config=deepspeed_config)
-    assert all(result == results[0] for result in results), "ranks disagree on the reported figures"
+    for rank, result in enumerate(results):
+        differing = sorted(key for key in result if result[key] != results[0][key])
+        assert not differing, f"rank {rank} reports other {differing} than rank 0: " + "; ".join(
+            f"{key}: {result[key]} vs {results[0][key]}" for key in differing)
     return results[0]
