@@ -41,7 +41,7 @@ class ParallelConfig:
         1, "DeepSpeed-Ulysses sequence-parallel degree (Megatron-DeepSpeed's flag): all-to-all from sequence "
         "shards to head shards around local attention; composes with TP when heads/TP and key/value heads/TP "
         "are divisible by it. Uses the same context-parallel axis (zig-zag shares, global-token loss) with the "
-        "same combinations as --context-parallel-size, except selective recomputation (refused).", minimum=1)
+        "same combinations as --context-parallel-size.", minimum=1)
     sequence_parallel: bool = option(False, "Megatron sequence parallelism: split norm/dropout "
                                      "activations along the sequence over the tensor-parallel ranks "
                                      "(needs TP > 1).")

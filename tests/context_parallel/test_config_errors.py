@@ -69,8 +69,9 @@ def test_proven_combinations_are_accepted(flag):
     assert config.zero.stage == 2 and config.zero.offload_optimizer == "cpu"
 
 
-def test_ring_attention_with_selective_recomputation_is_accepted():
-    config = parse_config(BASE + "--context-parallel-size 2 --recompute-granularity selective".split(), world_size=2)
+@pytest.mark.parametrize("flag", ["--context-parallel-size", "--ds-sequence-parallel-size"])
+def test_selective_recomputation_is_accepted(flag):
+    config = parse_config(BASE + f"{flag} 2 --recompute-granularity selective".split(), world_size=2)
     assert config.recompute.recompute_granularity == "selective"
 
 
@@ -91,8 +92,3 @@ def test_unproven_combinations_are_refused(flag, extra, named):
     assert f"{flag} 2 is not supported together with {named}" in message
     assert f"or run with {flag} 1" in message
 
-
-def test_ulysses_with_selective_recomputation_is_refused():
-    message = _error("--ds-sequence-parallel-size 2 --recompute-granularity selective", 2)
-    assert "--ds-sequence-parallel-size 2 is not supported together with --recompute-granularity selective " \
-           "(proven with ring attention only; use --recompute-granularity full)" in message

@@ -21,14 +21,16 @@ OFFLOAD = {"stage": 2, "offload_optimizer": {"device": "cpu"}}
 CASES = [
     ("llama", "ring_cp2_zero1", 2, {"context_parallel_size": 2}, 1),
     ("gpt", "ring_cp2_zero2", 2, {"context_parallel_size": 2}, 2),
-    ("llama", "ulysses2_zero3", 2, {"ds_sequence_parallel_size": 2}, 3),
+    ("llama", "ulysses2_zero3_selective", 2, {"ds_sequence_parallel_size": 2,
+                                              "recompute_granularity": "selective"}, 3),
     ("llama", "tp2_ring_cp2_zero0", 4, {"tensor_model_parallel_size": 2, "context_parallel_size": 2}, 0),
     ("gpt", "tp2_ulysses2_zero0", 4, {"tensor_model_parallel_size": 2, "ds_sequence_parallel_size": 2}, 0),
     ("llama", "pp2_ring_cp2_1f1b_zero1", 4, {"pipeline_model_parallel_size": 2, "pipeline_schedule": "1f1b",
                                             "context_parallel_size": 2}, 1),
-    # What CP composes with beyond that, three runs for four features and two algorithms: ZeRO-2 with the
-    # optimizer offloaded to the CPU, selective and full recomputation (backward reruns the CP attention's
-    # collectives), Megatron sequence parallelism under TP (each TP rank's s/CP/TP slice of the sequence).
+    # What CP composes with beyond that (with Ulysses' selective recomputation above), three runs for four
+    # features and two algorithms: ZeRO-2 with the optimizer offloaded to the CPU, selective and full
+    # recomputation (backward reruns the CP attention's collectives), Megatron sequence parallelism under TP
+    # (each TP rank's s/CP/TP slice of the sequence).
     ("llama", "ring_cp2_zero2_offload_selective", 2, {"context_parallel_size": 2,
                                                       "recompute_granularity": "selective"}, OFFLOAD),
     ("llama", "tp2_ring_cp2_sp_full", 4, {"tensor_model_parallel_size": 2, "context_parallel_size": 2,
