@@ -14,10 +14,10 @@ from tests.training.test_parity import RTOL, STEPS, _values
 
 # ZeRO-2 with DeepSpeedCPUAdam on the CPU copy of the fp32 master weights.
 OFFLOAD = {"stage": 2, "offload_optimizer": {"device": "cpu"}}
-# (family, name, world size, flag overrides, ZeRO stage or ZeRO section). Eight runs in all (the suite's time budget), chosen
-# so that each algorithm runs with both families (learned positions and RoPE + GQA), each with TP=2, every
-# ZeRO stage once, and ring CP with PP=2 under the 1F1B schedule. Llama's 2 KV heads cannot be split by
-# TP=2 x Ulysses=2, so that one is GPT's.
+# (family, name, world size, flag overrides, ZeRO stage or ZeRO section). Eleven runs in all (the suite's time
+# budget), chosen so that each algorithm runs with both families (learned positions and RoPE + GQA), each with
+# TP=2, every ZeRO stage once, and ring CP with PP=2 under the 1F1B schedule. Llama's 2 KV heads cannot be
+# split by TP=2 x Ulysses=2, so that one is GPT's.
 CASES = [
     ("llama", "ring_cp2_zero1", 2, {"context_parallel_size": 2}, 1),
     ("gpt", "ring_cp2_zero2", 2, {"context_parallel_size": 2}, 2),
