@@ -33,8 +33,9 @@ class ParallelConfig:
     context_parallel_size: int = option(
         1, "Ring-attention context-parallel degree (Megatron-LM's flag): each sequence is cut into 2 CP "
         "zig-zag chunks and K/V travel around the ring of CP ranks; the loss is averaged over all tokens of the "
-        "global batch. Composes with TP, ZeRO 0-3 and PP under --pipeline-schedule 1f1b; refused with MoE, "
-        "recomputation, --sequence-parallel, batch ramp-up and ZeRO offload.",
+        "global batch. Composes with TP (+ --sequence-parallel), ZeRO 0-3, ZeRO-2 optimizer offload, full and "
+        "selective recomputation and PP under --pipeline-schedule 1f1b; refused with MoE, batch ramp-up, "
+        "--partition-activations, parameter offload and optimizer offload at other ZeRO stages.",
         minimum=1)
     ds_sequence_parallel_size: int = option(
         1, "DeepSpeed-Ulysses sequence-parallel degree (Megatron-DeepSpeed's flag): all-to-all from sequence "

@@ -232,25 +232,26 @@ def _check_context_parallel(config: "RunConfig") -> None:
                           f"and draws no dropout mask on the probabilities; set --attention-dropout 0 (Llama "
                           f"recipes already do)")
     # Whole runs are proven equal to one rank (tests/context_parallel/test_whole_runs.py) for ring and Ulysses,
-    # alone and with TP, with ZeRO 0-3, and ring with PP under the 1F1B schedule. What those runs do not cover
-    # is refused rather than left to chance.
+    # alone and with TP (+ --sequence-parallel), with ZeRO 0-3, ZeRO-2 with the optimizer offloaded, full and
+    # selective recomputation, and ring with PP under the 1F1B schedule. What those runs do not cover is
+    # refused rather than left to chance.
+    zero, recompute = config.zero, config.recompute
     unproven = [name for name, present in (
         (f"--pipeline-schedule {p.pipeline_schedule} (only 1f1b is proven with CP; pass --pipeline-schedule "
          f"1f1b)", p.pipeline_model_parallel_size > 1 and p.pipeline_schedule != "1f1b"),
         ("--num-experts (MoE)", config.moe.enabled),
-        (f"--recompute-granularity {config.recompute.recompute_granularity}",
-         config.recompute.recompute_granularity is not None),
-        ("--sequence-parallel", p.sequence_parallel),
+        ("--partition-activations", recompute.partition_activations),
         ("--rampup-batch-size", config.training.rampup_batch_size is not None),
-        ("ZeRO offload_optimizer/offload_param",
-         config.zero.offload_optimizer != "none" or config.zero.offload_param != "none"),
+        (f"--offload-optimizer with ZeRO-{zero.stage} (only ZeRO-2 is proven with CP)",
+         zero.offload_optimizer != "none" and zero.stage != 2),
+        ("--offload-param", zero.offload_param != "none"),
     ) if present]
     if unproven:
         drop = " and ".join(name.split(" (")[0] for name in unproven)
         raise ConfigError(f"{flag} {degree} is not supported together with {', '.join(unproven)}: context-"
-                          f"parallel training is proven for ring and Ulysses attention with tensor "
-                          f"parallelism, ZeRO 0-3 and the 1F1B pipeline schedule only; drop {drop} or run with "
-                          f"{flag} 1")
+                          f"parallel training is proven for ring and Ulysses attention with tensor (and "
+                          f"sequence) parallelism, ZeRO 0-3, ZeRO-2 optimizer offload, full and selective "
+                          f"recomputation and the 1F1B pipeline schedule only; drop {drop} or run with {flag} 1")
 
 
 def _check_pipeline(config: "RunConfig") -> None:

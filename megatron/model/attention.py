@@ -135,10 +135,15 @@ class SelfAttention(nn.Module):
         # [s, b, n, hn] -> [b, n, s, hn], SDPA's layout
         query, key, value = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         if isinstance(attention_mask, ContextParallelMask):
-            if kv_cache is not None or self.recompute_core_attention:
-                raise ValueError("context-parallel attention supports neither a KV cache (inference) nor "
-                                 "selective recomputation; run those with context parallelism 1")
-            context = attention_mask.attend(query, key, value)   # [b, np/tp, s/CP, hn]
+            if kv_cache is not None:
+                raise ValueError("context-parallel attention does not support a KV cache (inference); "
+                                 "generate with context parallelism 1")
+            if self.recompute_core_attention:
+                # Backward reruns the whole CP attention (its ring passes or all-to-alls too) on the saved
+                # q/k/v; every CP rank recomputes the same layer at the same point, so the collectives pair up.
+                context = checkpoint_sharded_inputs(attention_mask.attend, query, key, value)
+            else:
+                context = attention_mask.attend(query, key, value)   # [b, np/tp, s/CP, hn]
             return self._project(context, s, b)
         if kv_cache is not None:
             # SDPA's causal flag aligns the top-left corner, wrong once keys outnumber queries: the caller's

@@ -61,6 +61,18 @@ def test_proven_combinations_are_accepted(flag):
     config = parse_config(BASE + f"{flag} 2 --pipeline-model-parallel-size 2 --pipeline-schedule 1f1b".split(),
                           world_size=4)
     assert config.parallel.pipeline_schedule == "1f1b"
+    # tests/context_parallel/test_whole_runs.py: ring and Ulysses with TP + SP, full recomputation, ZeRO-2 offload
+    config = parse_config(BASE + f"{flag} 2 --tensor-model-parallel-size 2 --sequence-parallel "
+                                 f"--recompute-granularity full --zero-stage 2 --offload-optimizer cpu".split(),
+                          world_size=4)
+    assert config.parallel.sequence_parallel and config.recompute.recompute_granularity == "full"
+    assert config.zero.stage == 2 and config.zero.offload_optimizer == "cpu"
+
+
+@pytest.mark.parametrize("flag", ["--context-parallel-size", "--ds-sequence-parallel-size"])
+def test_selective_recomputation_is_accepted(flag):
+    config = parse_config(BASE + f"{flag} 2 --recompute-granularity selective".split(), world_size=2)
+    assert config.recompute.recompute_granularity == "selective"
 
 
 @pytest.mark.parametrize("extra,named", [
@@ -68,10 +80,11 @@ def test_proven_combinations_are_accepted(flag):
     ("--pipeline-model-parallel-size 2 --pipeline-schedule interleaved --num-layers-per-virtual-pipeline-stage 1",
      "--pipeline-schedule interleaved"),
     ("--num-experts 2", "--num-experts (MoE)"),
-    ("--recompute-granularity full", "--recompute-granularity full"),
-    ("--recompute-granularity selective", "--recompute-granularity selective"),
-    ("--tensor-model-parallel-size 2 --sequence-parallel", "--sequence-parallel"),
+    ("--recompute-granularity full --partition-activations", "--partition-activations"),
     ("--rampup-batch-size 2 2 4 --train-samples 16", "--rampup-batch-size"),
+    ("--zero-stage 1 --offload-optimizer cpu", "--offload-optimizer with ZeRO-1 (only ZeRO-2 is proven with CP)"),
+    ("--zero-stage 3 --offload-optimizer cpu", "--offload-optimizer with ZeRO-3"),
+    ("--zero-stage 3 --offload-param cpu", "--offload-param"),
 ])
 @pytest.mark.parametrize("flag", ["--context-parallel-size", "--ds-sequence-parallel-size"])
 def test_unproven_combinations_are_refused(flag, extra, named):
@@ -79,8 +92,3 @@ def test_unproven_combinations_are_refused(flag, extra, named):
     assert f"{flag} 2 is not supported together with {named}" in message
     assert f"or run with {flag} 1" in message
 
-
-def test_zero_offload_with_context_parallelism_is_refused():
-    message = _error("--context-parallel-size 2 --zero-stage 2 --offload-optimizer cpu", 2)
-    assert "--context-parallel-size 2 is not supported together with ZeRO offload_optimizer/offload_param" \
-        in message

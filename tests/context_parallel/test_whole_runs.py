@@ -12,18 +12,32 @@ from tests.training.conftest import synthetic_corpus  # noqa: F401  (the shared 
 from tests.training.test_parity import RTOL, STEPS, _values
 from tests.training.whole_runs import train
 
-# (family, name, world size, flag overrides, ZeRO stage). Eight runs in all (the suite's time budget), chosen
-# so that each algorithm runs with both families (learned positions and RoPE + GQA), each with TP=2, every
-# ZeRO stage once, and ring CP with PP=2 under the 1F1B schedule. Llama's 2 KV heads cannot be split by
-# TP=2 x Ulysses=2, so that one is GPT's.
+# ZeRO-2 with DeepSpeedCPUAdam on the CPU copy of the fp32 master weights.
+OFFLOAD = {"stage": 2, "offload_optimizer": {"device": "cpu"}}
+# (family, name, world size, flag overrides, ZeRO stage or ZeRO section). Eleven runs in all (the suite's time
+# budget), chosen so that each algorithm runs with both families (learned positions and RoPE + GQA), each with
+# TP=2, every ZeRO stage once, and ring CP with PP=2 under the 1F1B schedule. Llama's 2 KV heads cannot be
+# split by TP=2 x Ulysses=2, so that one is GPT's.
 CASES = [
     ("llama", "ring_cp2_zero1", 2, {"context_parallel_size": 2}, 1),
     ("gpt", "ring_cp2_zero2", 2, {"context_parallel_size": 2}, 2),
-    ("llama", "ulysses2_zero3", 2, {"ds_sequence_parallel_size": 2}, 3),
+    ("llama", "ulysses2_zero3_selective", 2, {"ds_sequence_parallel_size": 2,
+                                              "recompute_granularity": "selective"}, 3),
     ("llama", "tp2_ring_cp2_zero0", 4, {"tensor_model_parallel_size": 2, "context_parallel_size": 2}, 0),
     ("gpt", "tp2_ulysses2_zero0", 4, {"tensor_model_parallel_size": 2, "ds_sequence_parallel_size": 2}, 0),
     ("llama", "pp2_ring_cp2_1f1b_zero1", 4, {"pipeline_model_parallel_size": 2, "pipeline_schedule": "1f1b",
                                             "context_parallel_size": 2}, 1),
+    # What CP composes with beyond that (with Ulysses' selective recomputation above), three runs for four
+    # features and two algorithms: ZeRO-2 with the optimizer offloaded to the CPU, selective and full
+    # recomputation (backward reruns the CP attention's collectives), Megatron sequence parallelism under TP
+    # (each TP rank's s/CP/TP slice of the sequence).
+    ("llama", "ring_cp2_zero2_offload_selective", 2, {"context_parallel_size": 2,
+                                                      "recompute_granularity": "selective"}, OFFLOAD),
+    ("llama", "tp2_ring_cp2_sp_full", 4, {"tensor_model_parallel_size": 2, "context_parallel_size": 2,
+                                          "sequence_parallel": True, "recompute_granularity": "full"}, 1),
+    ("gpt", "tp2_ulysses2_sp_zero2_offload_full", 4, {"tensor_model_parallel_size": 2,
+                                                      "ds_sequence_parallel_size": 2, "sequence_parallel": True,
+                                                      "recompute_granularity": "full"}, OFFLOAD),
 ]
 # ZeRO-3's own gradient norm drifts from one rank's by up to 1.5e-4 relative by step 9 *without* CP too
 # (measured: DP=2 ZeRO-3 on this model, 1.47e-4 at step 9, the same digits as Ulysses/ring CP=2 ZeRO-3), so
@@ -60,8 +74,8 @@ def assert_close(actual, expected, what, rtol=RTOL):
 def test_context_parallel_run_matches_single_rank(family, layout, world, overrides, zero_stage,
                                                   synthetic_corpus):  # noqa: F811
     expected_losses, expected_evals, expected_norms = baseline(family, synthetic_corpus)
-    losses, evals, norms = run(world, family, synthetic_corpus, overrides,
-                               {"zero_optimization": {"stage": zero_stage}})
+    zero = zero_stage if isinstance(zero_stage, dict) else {"stage": zero_stage}
+    losses, evals, norms = run(world, family, synthetic_corpus, overrides, {"zero_optimization": zero})
     assert len(expected_losses) == len(expected_norms) == STEPS and len(expected_evals) == 2
     assert_close(losses, expected_losses, f"{family} {layout}: step loss")
     assert_close(evals, expected_evals, f"{family} {layout}: validation loss")
